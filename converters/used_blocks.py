@@ -115,7 +115,8 @@ def map_filesystem(
         return swap_map(path, offset, length)
     tool = PARTCLONE_TOOLS.get(fs_type or "")
     if tool is None:
-        return FsMap(whole, fs_type, "whole", f"no used-block map for {fs_type}")
+        reason = f"no used-block map for {fs_type}" if fs_type else "no filesystem"
+        return FsMap(whole, fs_type, "whole", reason)
     if shutil.which(f"partclone.{tool}") is None:
         return FsMap(whole, fs_type, "whole", f"partclone.{tool} not installed")
     try:
