@@ -89,7 +89,7 @@ def probe_kvm(kernel: str | None = None, timeout: float = PROBE_TIMEOUT) -> Acce
         return Accelerator("kvm", f"KVM booted a guest kernel in {took:.1f} s")
     last = next((ln for ln in reversed(text.splitlines()) if ln.strip()), "no output")
     return Accelerator(
-        "tcg", f"KVM cannot boot guests here ({last.strip()[:120]}); using TCG"
+        "tcg", f"KVM cannot boot guests here ({last.strip()[:160]}); using TCG"
     )
 
 

@@ -1,0 +1,66 @@
+"""Fixtures every test can use: built test machines, per-test work folders
+whose QEMU console logs are kept when a test fails, and a disk-space guard."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from converters import cache
+
+REPO = Path(__file__).resolve().parent.parent
+KEEP_LOGS = REPO / "test-logs"
+# A machine build needs its disk twice over (work file and cached copy).
+MIN_FREE_FOR_MACHINES = 12 << 30
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.when == "call":
+        item.stash[_failed_key] = report.failed
+    return report
+
+
+_failed_key = pytest.StashKey[bool]()
+
+
+@pytest.fixture
+def workdir(request, tmp_path: Path) -> Iterator[Path]:
+    """A folder for a test's disks and logs; on failure its logs are copied
+    to test-logs/<test name>/ for the person (or CI) reading the failure."""
+    yield tmp_path
+    if request.node.stash.get(_failed_key, False):
+        dest = KEEP_LOGS / request.node.name
+        dest.mkdir(parents=True, exist_ok=True)
+        for log in tmp_path.rglob("*.log"):
+            shutil.copy(log, dest / log.name)
+    # disks are large: do not let pytest keep them around
+    for big in list(tmp_path.rglob("*.qcow2")) + list(tmp_path.rglob("*.raw")):
+        big.unlink(missing_ok=True)
+
+
+def require_space(path: Path, needed: int) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(path).free
+    if free < needed:
+        pytest.fail(
+            f"only {free >> 30} GiB free in {path}; these tests need "
+            f"{needed >> 30} GiB (make clean-cache frees old artefacts)",
+            pytrace=False,
+        )
+
+
+@pytest.fixture(scope="session")
+def machine_builder():
+    """Builds (or takes from the cache) a test machine by recipe name."""
+    from tests.harness import machines
+
+    def build(name: str) -> machines.BuiltMachine:
+        return machines.build(name)
+
+    require_space(cache.root(), MIN_FREE_FOR_MACHINES)
+    return build

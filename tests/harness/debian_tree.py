@@ -1,0 +1,122 @@
+"""Cached Debian 12 root trees for test machines, kept as tar files that
+guestfs unpacks into a disk. debootstrap costs minutes; the tar is reused
+for as long as the recipe below is unchanged."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from converters import cache
+from tests.harness.apt_mirror import debian_mirror
+
+SUITE = "bookworm"
+# Everything a test machine needs to boot on either firmware and to be
+# converted later: both grub platforms (the recipe picks one), LVM, the
+# kernel, and iproute2 for the boot marker's address.
+BASE_PACKAGES = [
+    "linux-image-amd64",
+    "systemd-sysv",
+    "udev",
+    "initramfs-tools",
+    "zstd",
+    "grub2-common",
+    "grub-pc-bin",
+    "grub-efi-amd64-bin",
+    "lvm2",
+    "e2fsprogs",
+    "dosfstools",
+    "kmod",
+    "iproute2",
+]
+# dracut replaces initramfs-tools, which the kernel pulls in during
+# debootstrap, so it is installed afterwards in the finished tree.
+VARIANTS = {"initramfs-tools": [], "dracut": ["dracut"]}
+
+
+def tree_tar(variant: str) -> Path:
+    """Path of the cached tar of `variant`, building it when missing."""
+    extra = VARIANTS[variant]
+    key = cache.recipe_key(SUITE, BASE_PACKAGES, extra, cache.file_digest(__file__))
+    out = cache.root() / "trees" / f"{SUITE}-{variant}-{key}.tar"
+    if out.exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(out.with_suffix(".lock")):
+        if not out.exists():
+            _build(out, extra)
+    return out
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Parallel test workers wait for one build instead of racing it."""
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+def _build(out: Path, extra: list[str]) -> None:
+    work = Path(tempfile.mkdtemp(prefix="tree-", dir=out.parent))
+    try:
+        root = work / "root"
+        subprocess.run(
+            [
+                "debootstrap", "--variant=minbase",
+                "--include=" + ",".join(BASE_PACKAGES),
+                SUITE, str(root), debian_mirror(SUITE),
+            ],
+            check=True, stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        if extra:
+            with chroot_mounts(root):
+                chroot(root, "apt-get", "install", "-y", "-q",
+                       "--no-install-recommends", *extra)  # fmt: skip
+        chroot(root, "apt-get", "clean")
+        partial = out.with_suffix(".partial")
+        subprocess.run(
+            ["tar", "-C", str(root), "--numeric-owner", "-cf", str(partial), "."],
+            check=True,
+        )
+        partial.rename(out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def chroot(root: Path, *cmd: str) -> None:
+    env = {
+        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+        "DEBIAN_FRONTEND": "noninteractive",
+        "LANG": "C.UTF-8",
+    }
+    subprocess.run(["chroot", str(root), *cmd], check=True, env=env,
+                   stdout=subprocess.DEVNULL)  # fmt: skip
+
+
+@contextlib.contextmanager
+def chroot_mounts(root: Path) -> Iterator[None]:
+    """/proc, /sys and /dev for tools that need them (apt, dracut); always
+    unmounted, even when the command inside fails."""
+    mounted: list[Path] = []
+    resolv = root / "etc/resolv.conf"
+    try:
+        for src, fstype in (("proc", "proc"), ("sysfs", "sysfs")):
+            target = root / ("proc" if fstype == "proc" else "sys")
+            subprocess.run(["mount", "-t", fstype, src, str(target)], check=True)
+            mounted.append(target)
+        target = root / "dev"
+        subprocess.run(["mount", "--bind", "/dev", str(target)], check=True)
+        mounted.append(target)
+        if os.path.exists("/etc/resolv.conf"):
+            resolv.unlink(missing_ok=True)
+            shutil.copy("/etc/resolv.conf", resolv)
+        yield
+    finally:
+        for target in reversed(mounted):
+            subprocess.run(["umount", "-l", str(target)], check=False)
