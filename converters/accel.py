@@ -59,17 +59,33 @@ def probe_kvm(kernel: str | None = None, timeout: float = PROBE_TIMEOUT) -> Acce
         fd = os.open("/dev/kvm", os.O_RDWR)
         os.close(fd)
     except OSError as e:
-        return Accelerator("tcg", f"/dev/kvm cannot be opened ({e.strerror}); using TCG")
+        return Accelerator(
+            "tcg", f"/dev/kvm cannot be opened ({e.strerror}); using TCG"
+        )
     kernel = kernel or host_kernel()
     if kernel is None:
         return Accelerator(
             "tcg", "no kernel in /boot to probe KVM with; using TCG to be safe"
         )
     cmd = [
-        QEMU, "-accel", "kvm", "-cpu", "host", "-m", "256", "-nodefaults",
-        "-display", "none", "-serial", "stdio", "-no-reboot",
-        "-kernel", kernel, "-append", "console=ttyS0 panic=-1 quiet loglevel=3",
-    ]  # fmt: skip
+        QEMU,
+        "-accel",
+        "kvm",
+        "-cpu",
+        "host",
+        "-m",
+        "256",
+        "-nodefaults",
+        "-display",
+        "none",
+        "-serial",
+        "stdio",
+        "-no-reboot",
+        "-kernel",
+        kernel,
+        "-append",
+        "console=ttyS0 panic=-1 quiet loglevel=3",
+    ]
     start = time.monotonic()
     try:
         out = subprocess.run(

@@ -51,8 +51,9 @@ def _version(cmd: list[str]) -> str | None:
 def check_tool(name: str, cmd: list[str], package: str, required: bool) -> Check:
     version = _version(cmd)
     if version is None:
-        return Check(name, FAIL if required else WARN, "not found",
-                     f"apt-get install {package}")  # fmt: skip
+        return Check(
+            name, FAIL if required else WARN, "not found", f"apt-get install {package}"
+        )
     return Check(name, OK, version)
 
 
@@ -60,8 +61,12 @@ def check_module(name: str, module: str, package: str, required: bool) -> Check:
     try:
         mod = importlib.import_module(module)
     except ImportError as e:
-        return Check(name, FAIL if required else WARN, f"cannot import {module}: {e}",
-                     f"apt-get install {package}")  # fmt: skip
+        return Check(
+            name,
+            FAIL if required else WARN,
+            f"cannot import {module}: {e}",
+            f"apt-get install {package}",
+        )
     return Check(name, OK, f"{module} {getattr(mod, '__version__', '')}".strip())
 
 
@@ -69,8 +74,12 @@ def check_accelerator() -> Check:
     found = accel.detect()
     if found.is_kvm:
         return Check("kvm", OK, found.reason)
-    return Check("kvm", WARN, f"{found.reason}; guests run in TCG software emulation",
-                 "run on a host whose KVM boots guests for full speed")  # fmt: skip
+    return Check(
+        "kvm",
+        WARN,
+        f"{found.reason}; guests run in TCG software emulation",
+        "run on a host whose KVM boots guests for full speed",
+    )
 
 
 def check_libnbd() -> Check:
@@ -79,8 +88,9 @@ def check_libnbd() -> Check:
 
         return Check("libnbd", OK, f"libnbd {nbd.NBD().get_version()}")
     except ImportError as e:
-        return Check("libnbd", FAIL, f"cannot import nbd: {e}",
-                     "apt-get install python3-libnbd")  # fmt: skip
+        return Check(
+            "libnbd", FAIL, f"cannot import nbd: {e}", "apt-get install python3-libnbd"
+        )
 
 
 def check_guestfs(timeout: float = 180.0) -> Check:
@@ -88,8 +98,12 @@ def check_guestfs(timeout: float = 180.0) -> Check:
     try:
         import guestfs
     except ImportError as e:
-        return Check("libguestfs", FAIL, f"cannot import guestfs: {e}",
-                     "apt-get install python3-guestfs libguestfs-tools")  # fmt: skip
+        return Check(
+            "libguestfs",
+            FAIL,
+            f"cannot import guestfs: {e}",
+            "apt-get install python3-guestfs libguestfs-tools",
+        )
     found = accel.detect()
     result: list[Check] = []
 
@@ -102,11 +116,19 @@ def check_guestfs(timeout: float = 180.0) -> Check:
             g.launch()
             v = g.version()
             mode = "KVM" if found.is_kvm else "TCG (force_tcg)"
-            detail = f"appliance boots ({v['major']}.{v['minor']}.{v['release']}, {mode})"
+            detail = (
+                f"appliance boots ({v['major']}.{v['minor']}.{v['release']}, {mode})"
+            )
             result.append(Check("libguestfs", OK, detail))
         except RuntimeError as e:
-            result.append(Check("libguestfs", FAIL, f"appliance failed: {e}",
-                                "run libguestfs-test-tool for details"))  # fmt: skip
+            result.append(
+                Check(
+                    "libguestfs",
+                    FAIL,
+                    f"appliance failed: {e}",
+                    "run libguestfs-test-tool for details",
+                )
+            )
         finally:
             g.close()
 
@@ -114,8 +136,12 @@ def check_guestfs(timeout: float = 180.0) -> Check:
     worker.start()
     worker.join(timeout)
     if not result:
-        return Check("libguestfs", FAIL, f"appliance did not start in {timeout:.0f} s",
-                     "run libguestfs-test-tool for details")  # fmt: skip
+        return Check(
+            "libguestfs",
+            FAIL,
+            f"appliance did not start in {timeout:.0f} s",
+            "run libguestfs-test-tool for details",
+        )
     return result[0]
 
 
@@ -123,16 +149,24 @@ def check_libvirt(uri: str = "qemu:///system") -> Check:
     try:
         import libvirt
     except ImportError:
-        return Check("libvirt", WARN, "python3-libvirt missing; domains are written "
-                     "as XML only", "apt-get install python3-libvirt")  # fmt: skip
+        return Check(
+            "libvirt",
+            WARN,
+            "python3-libvirt missing; domains are written as XML only",
+            "apt-get install python3-libvirt",
+        )
     try:
         libvirt.registerErrorHandler(lambda *_: None, None)
         conn = libvirt.open(uri)
         version = conn.getLibVersion()
         conn.close()
     except libvirt.libvirtError as e:
-        return Check("libvirt", WARN, f"{uri} unreachable ({e}); domains are written "
-                     "as XML only", "start libvirtd (virtlogd -d; libvirtd -d)")  # fmt: skip
+        return Check(
+            "libvirt",
+            WARN,
+            f"{uri} unreachable ({e}); domains are written as XML only",
+            "start libvirtd (virtlogd -d; libvirtd -d)",
+        )
     major, minor = version // 1_000_000, version // 1000 % 1000
     return Check("libvirt", OK, f"{uri} reachable (libvirt {major}.{minor})")
 
@@ -140,17 +174,26 @@ def check_libvirt(uri: str = "qemu:///system") -> Check:
 def check_ovmf() -> Check:
     if Path("/usr/share/OVMF/OVMF_CODE_4M.fd").exists():
         return Check("ovmf", OK, "UEFI firmware for guests present")
-    return Check("ovmf", WARN, "missing: UEFI guests cannot boot",
-                 "apt-get install ovmf")  # fmt: skip
+    return Check(
+        "ovmf", WARN, "missing: UEFI guests cannot boot", "apt-get install ovmf"
+    )
 
 
 def check_blktrace() -> Check:
     if shutil.which("blktrace") is None:
-        return Check("blktrace", WARN, "not found: live capture cannot track writes",
-                     "apt-get install blktrace")  # fmt: skip
+        return Check(
+            "blktrace",
+            WARN,
+            "not found: live capture cannot track writes",
+            "apt-get install blktrace",
+        )
     if not Path("/sys/kernel/debug/block").exists():
-        return Check("blktrace", WARN, "debugfs not mounted",
-                     "mount -t debugfs none /sys/kernel/debug")  # fmt: skip
+        return Check(
+            "blktrace",
+            WARN,
+            "debugfs not mounted",
+            "mount -t debugfs none /sys/kernel/debug",
+        )
     return Check("blktrace", OK, "blktrace and debugfs available")
 
 
@@ -177,10 +220,12 @@ def checks_for(role: str, storage: Path) -> list[Callable[[], Check]]:
     if kvm:
         return common + [
             check_accelerator,
-            lambda: check_tool("qemu", [accel.QEMU, "--version"], "qemu-system-x86",
-                               True),  # fmt: skip
-            lambda: check_tool("qemu-nbd", ["qemu-nbd", "--version"], "qemu-utils",
-                               True),  # fmt: skip
+            lambda: check_tool(
+                "qemu", [accel.QEMU, "--version"], "qemu-system-x86", True
+            ),
+            lambda: check_tool(
+                "qemu-nbd", ["qemu-nbd", "--version"], "qemu-utils", True
+            ),
             lambda: check_tool("nbdkit", ["nbdkit", "--version"], "nbdkit", False),
             check_libnbd,
             check_guestfs,
@@ -190,8 +235,9 @@ def checks_for(role: str, storage: Path) -> list[Callable[[], Check]]:
         ]
     assert live
     return common + [
-        lambda: check_tool("partclone", ["partclone.ext4", "--version"], "partclone",
-                           True),  # fmt: skip
+        lambda: check_tool(
+            "partclone", ["partclone.ext4", "--version"], "partclone", True
+        ),
         lambda: check_module("parted", "parted", "python3-parted", True),
         lambda: check_module("pyudev", "pyudev", "python3-pyudev", True),
         check_blktrace,
@@ -214,13 +260,24 @@ def run(role: str, storage: Path, out=sys.stdout) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("doctor", help="check that this machine can do its role")
-    p.add_argument("--role", choices=ROLES, default=None,
-                   help="kvm (conversion server) or live (boot media); default: "
-                   "live inside the ferry live environment, else kvm")  # fmt: skip
-    p.add_argument("--storage", type=Path, default=Path("/var/lib/ferry"),
-                   help="where ferry serve keeps images (free-space check)")  # fmt: skip
-    p.add_argument("--refresh", action="store_true",
-                   help="probe KVM again instead of using the cached verdict")  # fmt: skip
+    p.add_argument(
+        "--role",
+        choices=ROLES,
+        default=None,
+        help="kvm (conversion server) or live (boot media); default: "
+        "live inside the ferry live environment, else kvm",
+    )
+    p.add_argument(
+        "--storage",
+        type=Path,
+        default=Path("/var/lib/ferry"),
+        help="where ferry serve keeps images (free-space check)",
+    )
+    p.add_argument(
+        "--refresh",
+        action="store_true",
+        help="probe KVM again instead of using the cached verdict",
+    )
     p.set_defaults(func=main)
 
 

@@ -81,14 +81,20 @@ def print_listener(stream=sys.stderr) -> Listener:
 
     def listen(event: Event) -> None:
         if isinstance(event, Step):
-            print(f"== {event.name}" + (f": {event.detail}" if event.detail else ""),
-                  file=stream, flush=True)
+            print(
+                f"== {event.name}" + (f": {event.detail}" if event.detail else ""),
+                file=stream,
+                flush=True,
+            )
         elif isinstance(event, Log):
             prefix = "" if event.level == "info" else f"{event.level}: "
             print(prefix + event.message, file=stream, flush=True)
         elif isinstance(event, Progress):
             pct = 100.0 * event.done / event.total if event.total else 100.0
-            print(f"{event.disk}: {pct:5.1f}% {event.done}/{event.total} bytes",
-                  file=stream, flush=True)
+            print(
+                f"{event.disk}: {pct:5.1f}% {event.done}/{event.total} bytes",
+                file=stream,
+                flush=True,
+            )
 
     return listen

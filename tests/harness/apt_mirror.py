@@ -33,9 +33,10 @@ def debian_mirror(suite: str = "bookworm") -> str:
         return os.environ["FERRY_DEBIAN_MIRROR"]
     for path in sorted(glob.glob("/etc/apt/sources.list.d/*.sources")):
         for fields in _deb822_stanzas(Path(path).read_text()):
-            if suite in fields.get("suites", "").split() and "deb" in fields.get(
-                "types", "deb"
-            ).split():
+            if (
+                suite in fields.get("suites", "").split()
+                and "deb" in fields.get("types", "deb").split()
+            ):
                 return fields["uris"].split()[0]
     for path in ["/etc/apt/sources.list", *glob.glob("/etc/apt/sources.list.d/*.list")]:
         try:

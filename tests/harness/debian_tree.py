@@ -68,16 +68,27 @@ def _build(out: Path, extra: list[str]) -> None:
         root = work / "root"
         subprocess.run(
             [
-                "debootstrap", "--variant=minbase",
+                "debootstrap",
+                "--variant=minbase",
                 "--include=" + ",".join(BASE_PACKAGES),
-                SUITE, str(root), debian_mirror(SUITE),
+                SUITE,
+                str(root),
+                debian_mirror(SUITE),
             ],
-            check=True, stdout=subprocess.DEVNULL,
-        )  # fmt: skip
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         if extra:
             with chroot_mounts(root):
-                chroot(root, "apt-get", "install", "-y", "-q",
-                       "--no-install-recommends", *extra)  # fmt: skip
+                chroot(
+                    root,
+                    "apt-get",
+                    "install",
+                    "-y",
+                    "-q",
+                    "--no-install-recommends",
+                    *extra,
+                )
         chroot(root, "apt-get", "clean")
         partial = out.with_suffix(".partial")
         subprocess.run(
@@ -95,8 +106,9 @@ def chroot(root: Path, *cmd: str) -> None:
         "DEBIAN_FRONTEND": "noninteractive",
         "LANG": "C.UTF-8",
     }
-    subprocess.run(["chroot", str(root), *cmd], check=True, env=env,
-                   stdout=subprocess.DEVNULL)  # fmt: skip
+    subprocess.run(
+        ["chroot", str(root), *cmd], check=True, env=env, stdout=subprocess.DEVNULL
+    )
 
 
 @contextlib.contextmanager

@@ -71,6 +71,9 @@ Name={nic}
 DHCP=ipv4
 """
 
+# What a machine's build key covers of this module.
+CONTENT = (MARKER_SCRIPT, MARKER_UNIT, GRUB_DEFAULTS, NETWORK)
+
 DATA_DIR = "srv/ferry-data"
 MANIFEST = "var/lib/ferry-test/manifest.sha256"
 

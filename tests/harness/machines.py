@@ -20,6 +20,10 @@ from tests.harness import debian_tree, machine_files
 
 MiB = 1 << 20
 GiB = 1 << 30
+# Bump when the build steps below change what a recipe produces; the files a
+# machine carries (machine_files) are hashed by content, so editing them
+# rebuilds by itself while reformatting this module does not.
+BUILD_STEPS_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -39,13 +43,37 @@ class Recipe:
 RECIPES = {
     r.name: r
     for r in [
-        Recipe("phys-bios", "bios", "mbr-root-swap", "initramfs-tools",
-               ("ahci", "sd_mod", "ext4"), 3 * GiB, "ens8", True),
-        Recipe("phys-uefi-lvm", "uefi", "gpt-esp-boot-lvm", "dracut",
-               ("ahci", "sd_mod", "ext4", "dm_mod"), 4 * GiB, "enp0s8", True),
-        Recipe("vm-virtio", "bios", "mbr-root", "initramfs-tools",
-               ("virtio_pci", "virtio_blk", "ext4"), 3 * GiB, "ens3", False),
-    ]  # fmt: skip
+        Recipe(
+            "phys-bios",
+            "bios",
+            "mbr-root-swap",
+            "initramfs-tools",
+            ("ahci", "sd_mod", "ext4"),
+            3 * GiB,
+            "ens8",
+            True,
+        ),
+        Recipe(
+            "phys-uefi-lvm",
+            "uefi",
+            "gpt-esp-boot-lvm",
+            "dracut",
+            ("ahci", "sd_mod", "ext4", "dm_mod"),
+            4 * GiB,
+            "enp0s8",
+            True,
+        ),
+        Recipe(
+            "vm-virtio",
+            "bios",
+            "mbr-root",
+            "initramfs-tools",
+            ("virtio_pci", "virtio_blk", "ext4"),
+            3 * GiB,
+            "ens3",
+            False,
+        ),
+    ]
 }
 
 
@@ -65,11 +93,8 @@ class BuiltMachine:
 def build(name: str) -> BuiltMachine:
     recipe = RECIPES[name]
     tree = debian_tree.tree_tar(recipe.initramfs)
-    here = Path(__file__).parent
     key = cache.recipe_key(
-        asdict(recipe),
-        tree.name,
-        cache.file_digest(here / "machines.py", here / "machine_files.py"),
+        asdict(recipe), tree.name, BUILD_STEPS_VERSION, machine_files.CONTENT
     )
     out = cache.root() / "machines" / f"{name}-{key}"
     meta = out / "machine.json"
@@ -79,8 +104,9 @@ def build(name: str) -> BuiltMachine:
             if not meta.exists():
                 _build(recipe, tree, out)
     saved = json.loads(meta.read_text())
-    return BuiltMachine(recipe, out / "disk.raw", saved["kernel"], saved["uuids"],
-                        saved["manifest"])  # fmt: skip
+    return BuiltMachine(
+        recipe, out / "disk.raw", saved["kernel"], saved["uuids"], saved["manifest"]
+    )
 
 
 def _build(recipe: Recipe, tree: Path, out: Path) -> None:
@@ -88,14 +114,17 @@ def _build(recipe: Recipe, tree: Path, out: Path) -> None:
     try:
         root = work / "root"
         root.mkdir()
-        subprocess.run(["tar", "-C", str(root), "--numeric-owner", "-xf", str(tree)],
-                       check=True)  # fmt: skip
+        subprocess.run(
+            ["tar", "-C", str(root), "--numeric-owner", "-xf", str(tree)], check=True
+        )
         kernel = _kernel_version(root)
         uuids = {k: str(uuid.uuid4()) for k in ("root", "swap", "boot")}
         manifest = _customize(recipe, root, kernel)
         custom = work / "custom.tar"
-        subprocess.run(["tar", "-C", str(root), "--numeric-owner", "-cf", str(custom),
-                        "."], check=True)  # fmt: skip
+        subprocess.run(
+            ["tar", "-C", str(root), "--numeric-owner", "-cf", str(custom), "."],
+            check=True,
+        )
         shutil.rmtree(root)
         disk = work / "disk.raw"
         _make_disk(disk, recipe.disk_size, recipe.used_disk)
@@ -103,16 +132,21 @@ def _build(recipe: Recipe, tree: Path, out: Path) -> None:
         custom.unlink()
         out.mkdir()
         disk.rename(out / "disk.raw")
-        info = {"recipe": asdict(recipe), "kernel": kernel, "uuids": uuids,
-                "manifest": manifest}  # fmt: skip
+        info = {
+            "recipe": asdict(recipe),
+            "kernel": kernel,
+            "uuids": uuids,
+            "manifest": manifest,
+        }
         (out / "machine.json").write_text(json.dumps(info, indent=1))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
 def _kernel_version(root: Path) -> str:
-    kernels = sorted(p.name.removeprefix("vmlinuz-") for p in (root / "boot").glob(
-        "vmlinuz-*"))  # fmt: skip
+    kernels = sorted(
+        p.name.removeprefix("vmlinuz-") for p in (root / "boot").glob("vmlinuz-*")
+    )
     return kernels[-1]
 
 
@@ -121,8 +155,9 @@ def _customize(recipe: Recipe, root: Path, kernel: str) -> dict[str, str]:
     the recipe's drivers, all made in a chroot on the host (fast) rather than
     in the guestfs appliance (emulated)."""
     machine_files.write(root, "etc/hostname", recipe.name + "\n")
-    machine_files.write(root, "etc/hosts", f"127.0.0.1 localhost\n127.0.1.1 "
-                        f"{recipe.name}\n")  # fmt: skip
+    machine_files.write(
+        root, "etc/hosts", f"127.0.0.1 localhost\n127.0.1.1 {recipe.name}\n"
+    )
     machine_files.install_marker(root)
     machine_files.install_network(root, recipe.nic)
     # An older-style physical install names devices (root=/dev/sda1), as the
@@ -133,20 +168,34 @@ def _customize(recipe: Recipe, root: Path, kernel: str) -> dict[str, str]:
         machine_files.install_grub_defaults(root, "rd.lvm.lv=ferry/root")
     else:
         machine_files.install_grub_defaults(root, "")
-    manifest = machine_files.write_live_data(root, seed=zlib.crc32(recipe.name.encode()))
+    manifest = machine_files.write_live_data(
+        root, seed=zlib.crc32(recipe.name.encode())
+    )
     modules = "\n".join(recipe.drivers) + "\n"
     with debian_tree.chroot_mounts(root):
         if recipe.initramfs == "initramfs-tools":
             machine_files.write(root, "etc/initramfs-tools/modules", modules)
-            machine_files.write(root, "etc/initramfs-tools/conf.d/ferry-test",
-                                "MODULES=list\nRESUME=none\n")  # fmt: skip
+            machine_files.write(
+                root,
+                "etc/initramfs-tools/conf.d/ferry-test",
+                "MODULES=list\nRESUME=none\n",
+            )
             debian_tree.chroot(root, "update-initramfs", "-u", "-k", kernel)
         else:
             drivers = " ".join(recipe.drivers)
-            machine_files.write(root, "etc/dracut.conf.d/10-hardware.conf",
-                                f'hostonly="no"\ndrivers="{drivers}"\n')  # fmt: skip
-            debian_tree.chroot(root, "dracut", "--force", "--kver", kernel,
-                               f"/boot/initrd.img-{kernel}")  # fmt: skip
+            machine_files.write(
+                root,
+                "etc/dracut.conf.d/10-hardware.conf",
+                f'hostonly="no"\ndrivers="{drivers}"\n',
+            )
+            debian_tree.chroot(
+                root,
+                "dracut",
+                "--force",
+                "--kver",
+                kernel,
+                f"/boot/initrd.img-{kernel}",
+            )
     return manifest
 
 
@@ -203,8 +252,7 @@ def _mbr_root(g, recipe: Recipe, tar: Path, uuids: dict[str, str]) -> dict:
         g.part_add("/dev/sda", "p", root_end + 1, end)
         g.part_set_mbr_id("/dev/sda", 2, 0x82)
         g.mkswap("/dev/sda2", uuid=uuids["swap"])
-        fstab = ("/dev/sda1 / ext4 errors=remount-ro 0 1\n"
-                 "/dev/sda2 none swap sw 0 0\n")  # fmt: skip
+        fstab = "/dev/sda1 / ext4 errors=remount-ro 0 1\n/dev/sda2 none swap sw 0 0\n"
     else:
         fstab = f"UUID={uuids['root']} / ext4 errors=remount-ro 0 1\n"
     g.mount("/dev/sda1", "/")
@@ -236,12 +284,18 @@ def _gpt_esp_boot_lvm(g, recipe: Recipe, tar: Path, uuids: dict[str, str]) -> di
     g.mount("/dev/sda2", "/boot")
     g.mkdir_p("/boot/efi")
     g.mount("/dev/sda1", "/boot/efi")
-    fstab = ("/dev/mapper/ferry-root / ext4 errors=remount-ro 0 1\n"
-             f"UUID={uuids['boot']} /boot ext4 defaults 0 2\n"
-             f"UUID={esp} /boot/efi vfat umask=0077 0 1\n"
-             "/dev/mapper/ferry-swap none swap sw 0 0\n")  # fmt: skip
-    efi = ["grub-install", "--target=x86_64-efi", "--efi-directory=/boot/efi",
-           "--no-nvram"]  # fmt: skip
+    fstab = (
+        "/dev/mapper/ferry-root / ext4 errors=remount-ro 0 1\n"
+        f"UUID={uuids['boot']} /boot ext4 defaults 0 2\n"
+        f"UUID={esp} /boot/efi vfat umask=0077 0 1\n"
+        "/dev/mapper/ferry-swap none swap sw 0 0\n"
+    )
+    efi = [
+        "grub-install",
+        "--target=x86_64-efi",
+        "--efi-directory=/boot/efi",
+        "--no-nvram",
+    ]
     # The named entry is what an installer leaves; the removable path is what
     # a machine with fresh NVRAM (our test profiles) actually boots.
     _finish(g, tar, fstab, [efi + ["--bootloader-id=debian"], efi + ["--removable"]])

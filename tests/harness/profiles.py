@@ -32,9 +32,18 @@ class Profile:
         if firmware == self.firmware:
             return self
         machine = "q35" if firmware == "uefi" else "pc"
-        nic_name = f"enp0s{self.nic_slot}" if machine == "q35" else f"ens{self.nic_slot}"
-        return Profile(self.name, machine, firmware, self.disk, self.nic_model,
-                       self.nic_slot, nic_name)  # fmt: skip
+        nic_name = (
+            f"enp0s{self.nic_slot}" if machine == "q35" else f"ens{self.nic_slot}"
+        )
+        return Profile(
+            self.name,
+            machine,
+            firmware,
+            self.disk,
+            self.nic_model,
+            self.nic_slot,
+            nic_name,
+        )
 
     def firmware_args(self, workdir: Path) -> list[str]:
         if self.firmware == "bios":
@@ -44,9 +53,11 @@ class Profile:
         if not vars_copy.exists():
             shutil.copy(OVMF_VARS, vars_copy)
         return [
-            "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
-            "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}",
-        ]  # fmt: skip
+            "-drive",
+            f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+            "-drive",
+            f"if=pflash,format=raw,unit=1,file={vars_copy}",
+        ]
 
     def disk_args(self, index: int, path: Path, fmt: str, bootindex: int) -> list[str]:
         drive = f"disk{index}"
@@ -65,8 +76,12 @@ class Profile:
         return []
 
     def nic_args(self, mac: str, netdev: str) -> list[str]:
-        return ["-netdev", netdev, "-device",
-                f"{self.nic_model},netdev=net0,mac={mac},addr={self.nic_slot:#x}"]  # fmt: skip
+        return [
+            "-netdev",
+            netdev,
+            "-device",
+            f"{self.nic_model},netdev=net0,mac={mac},addr={self.nic_slot:#x}",
+        ]
 
 
 PROFILES = {

@@ -56,23 +56,43 @@ class QemuMachine:
 
     def command(self) -> list[str]:
         p = self.profile
-        cmd = [accel.QEMU, *accel.detect().qemu_args(), "-machine", p.machine,
-               "-m", str(self.memory_mb), "-smp", "1", "-nodefaults",
-               "-display", "none", "-serial", f"file:{self.console_log}",
-               "-no-reboot"]  # fmt: skip
+        cmd = [
+            accel.QEMU,
+            *accel.detect().qemu_args(),
+            "-machine",
+            p.machine,
+            "-m",
+            str(self.memory_mb),
+            "-smp",
+            "1",
+            "-nodefaults",
+            "-display",
+            "none",
+            "-serial",
+            f"file:{self.console_log}",
+            "-no-reboot",
+        ]
         cmd += p.firmware_args(self.workdir) + p.controller_args()
         for i, disk in enumerate(self.disks):
             fmt = "qcow2" if disk.suffix == ".qcow2" else "raw"
             cmd += p.disk_args(i, disk, fmt, bootindex=10 + i)
         if self.cdrom:
-            cmd += ["-drive", f"if=none,id=cd0,file={self.cdrom},format=raw,"
-                    "media=cdrom,readonly=on", "-device",
-                    "ide-cd,drive=cd0,bootindex=1" + (",bus=ide.2"
-                    if p.machine == "q35" else "")]  # fmt: skip
+            cmd += [
+                "-drive",
+                f"if=none,id=cd0,file={self.cdrom},format=raw,media=cdrom,readonly=on",
+                "-device",
+                "ide-cd,drive=cd0,bootindex=1"
+                + (",bus=ide.2" if p.machine == "q35" else ""),
+            ]
         if self.usb:
-            cmd += ["-device", "qemu-xhci,id=xhci", "-drive",
-                    f"if=none,id=usb0,file={self.usb},format=raw,readonly=on",
-                    "-device", "usb-storage,bus=xhci.0,drive=usb0,bootindex=1"]  # fmt: skip
+            cmd += [
+                "-device",
+                "qemu-xhci,id=xhci",
+                "-drive",
+                f"if=none,id=usb0,file={self.usb},format=raw,readonly=on",
+                "-device",
+                "usb-storage,bus=xhci.0,drive=usb0,bootindex=1",
+            ]
         netdev = "user,id=net0"
         if self.pxe:
             root, bootfile = self.pxe
@@ -86,10 +106,15 @@ class QemuMachine:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.console_log.write_bytes(b"")
         self.started = time.monotonic()
-        self.proc = subprocess.Popen(
-            self.command(), stdin=subprocess.DEVNULL,
-            stdout=open(self.workdir / "qemu.out", "wb"), stderr=subprocess.STDOUT,
-        )  # fmt: skip
+        # QEMU's own messages (e.g. a bad option) land in qemu.log, which the
+        # workdir fixture keeps for a failed test.
+        with open(self.workdir / "qemu.log", "wb") as out:
+            self.proc = subprocess.Popen(
+                self.command(),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         return self
 
     def console(self) -> str:
@@ -133,6 +158,19 @@ class QemuMachine:
 def overlay(base: Path, path: Path) -> Path:
     """A qcow2 overlay so a test never changes the cached base image."""
     fmt = "qcow2" if base.suffix == ".qcow2" else "raw"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(base),
-                    "-F", fmt, str(path)], check=True)  # fmt: skip
+    subprocess.run(
+        [
+            "qemu-img",
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            str(base),
+            "-F",
+            fmt,
+            str(path),
+        ],
+        check=True,
+    )
     return path
