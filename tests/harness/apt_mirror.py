@@ -4,6 +4,7 @@ that no mirror host is ever written into the project."""
 from __future__ import annotations
 
 import glob
+import os
 import re
 from pathlib import Path
 
@@ -25,20 +26,22 @@ def _deb822_stanzas(text: str):
             yield fields
 
 
-def debian_mirror(suite: str = "bookworm") -> str:
+def debian_mirror(suite: str = "bookworm", etc: str = "/etc") -> str:
     """URI serving `suite` (not its -security or -updates pockets)."""
-    import os
-
     if os.environ.get("FERRY_DEBIAN_MIRROR"):
         return os.environ["FERRY_DEBIAN_MIRROR"]
-    for path in sorted(glob.glob("/etc/apt/sources.list.d/*.sources")):
+    for path in sorted(glob.glob(f"{etc}/apt/sources.list.d/*.sources")):
         for fields in _deb822_stanzas(Path(path).read_text()):
             if (
                 suite in fields.get("suites", "").split()
                 and "deb" in fields.get("types", "deb").split()
             ):
                 return fields["uris"].split()[0]
-    for path in ["/etc/apt/sources.list", *glob.glob("/etc/apt/sources.list.d/*.list")]:
+    one_line = [
+        f"{etc}/apt/sources.list",
+        *glob.glob(f"{etc}/apt/sources.list.d/*.list"),
+    ]
+    for path in one_line:
         try:
             lines = Path(path).read_text().splitlines()
         except OSError:

@@ -38,12 +38,14 @@ BASE_PACKAGES = [
 # dracut replaces initramfs-tools, which the kernel pulls in during
 # debootstrap, so it is installed afterwards in the finished tree.
 VARIANTS = {"initramfs-tools": [], "dracut": ["dracut"]}
+# Bump when _build changes what a tree contains.
+TREE_STEPS_VERSION = 1
 
 
 def tree_tar(variant: str) -> Path:
     """Path of the cached tar of `variant`, building it when missing."""
     extra = VARIANTS[variant]
-    key = cache.recipe_key(SUITE, BASE_PACKAGES, extra, cache.file_digest(__file__))
+    key = cache.recipe_key(SUITE, BASE_PACKAGES, extra, TREE_STEPS_VERSION)
     out = cache.root() / "trees" / f"{SUITE}-{variant}-{key}.tar"
     if out.exists():
         return out
@@ -63,32 +65,27 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 def _build(out: Path, extra: list[str]) -> None:
+    """debootstrap the base tree; a variant starts from the base tar and
+    installs its extra packages, which is quicker than another debootstrap."""
     work = Path(tempfile.mkdtemp(prefix="tree-", dir=out.parent))
     try:
         root = work / "root"
-        subprocess.run(
-            [
-                "debootstrap",
-                "--variant=minbase",
-                "--include=" + ",".join(BASE_PACKAGES),
-                SUITE,
-                str(root),
-                debian_mirror(SUITE),
-            ],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
         if extra:
+            root.mkdir()
+            base = tree_tar("initramfs-tools")
+            subprocess.run(["tar", "-C", str(root), "-xf", str(base)], check=True)
             with chroot_mounts(root):
-                chroot(
-                    root,
-                    "apt-get",
-                    "install",
-                    "-y",
-                    "-q",
-                    "--no-install-recommends",
-                    *extra,
-                )
+                chroot(root, "apt-get", "update", "-q")
+                chroot(root, "apt-get", "install", "-y", "-q",
+                       "--no-install-recommends", *extra)  # fmt: skip
+        else:
+            mirror = debian_mirror(SUITE)
+            include = "--include=" + ",".join(BASE_PACKAGES)
+            subprocess.run(
+                ["debootstrap", "--variant=minbase", include, SUITE, str(root), mirror],
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
         chroot(root, "apt-get", "clean")
         partial = out.with_suffix(".partial")
         subprocess.run(
