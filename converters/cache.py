@@ -27,3 +27,21 @@ def file_digest(*paths: str | Path) -> str:
     for path in paths:
         h.update(Path(path).read_bytes())
     return h.hexdigest()[:16]
+
+
+def prune(directory: Path, prefix: str, keep: Path) -> None:
+    """Remove other versions of an artefact (and leftovers of interrupted
+    builds) so the cache holds one version per recipe and stays bounded."""
+    import shutil
+
+    if not directory.exists():
+        return
+    for entry in directory.iterdir():
+        if not entry.name.startswith(prefix) or entry.suffix == ".lock":
+            continue
+        if entry == keep:
+            continue
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)

@@ -52,6 +52,7 @@ def tree_tar(variant: str) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     with _locked(out.with_suffix(".lock")):
         if not out.exists():
+            cache.prune(out.parent, f"{SUITE}-{variant}-", keep=out)
             _build(out, extra)
     return out
 
@@ -67,7 +68,7 @@ def _locked(path: Path) -> Iterator[None]:
 def _build(out: Path, extra: list[str]) -> None:
     """debootstrap the base tree; a variant starts from the base tar and
     installs its extra packages, which is quicker than another debootstrap."""
-    work = Path(tempfile.mkdtemp(prefix="tree-", dir=out.parent))
+    work = Path(tempfile.mkdtemp(prefix=out.stem + "-build-", dir=out.parent))
     try:
         root = work / "root"
         if extra:

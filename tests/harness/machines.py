@@ -102,6 +102,7 @@ def build(name: str) -> BuiltMachine:
         out.parent.mkdir(parents=True, exist_ok=True)
         with debian_tree._locked(out.with_suffix(".lock")):
             if not meta.exists():
+                cache.prune(out.parent, f"{name}-", keep=out)
                 _build(recipe, tree, out)
     saved = json.loads(meta.read_text())
     return BuiltMachine(
