@@ -1,0 +1,100 @@
+"""``ferry serve --storage DIR [--listen ADDR:PORT]``: the KVM side.
+
+Prints the pairing string for the technician to type or scan on the live
+side, and the same as kernel command-line keys for PXE configurations, then
+receives sessions until SIGINT or SIGTERM (which flush and journal every open
+disk before exiting).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from .errors import PairingError
+from .pairing import advertised_host, load_or_create_identity, split_address
+from .protocol import DEFAULT_PORT
+from .server import run
+from .storage import IDENTITY_DIR
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "serve",
+        help="receive disks from live machines into qcow2 (KVM side)",
+        description=__doc__.split("\n\n")[1],
+    )
+    add_arguments(p)
+    p.set_defaults(func=main)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--storage", required=True, type=Path, help="where sessions go")
+    p.add_argument(
+        "--listen",
+        default=f"0.0.0.0:{DEFAULT_PORT}",
+        metavar="ADDR:PORT",
+        help=f"address to listen on (default 0.0.0.0:{DEFAULT_PORT}; port 0 picks one)",
+    )
+    p.add_argument(
+        "--advertise",
+        metavar="HOST",
+        help="address for the pairing string (default: the listen address, "
+        "or the one the default route leaves from)",
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        host, port = split_address(args.listen)
+    except PairingError as e:
+        print(f"ferry serve: {e}", file=sys.stderr)
+        return 2
+    storage = args.storage.resolve()
+    try:
+        storage.mkdir(parents=True, exist_ok=True)
+        identity = load_or_create_identity(storage / IDENTITY_DIR)
+    except OSError as e:
+        print(f"ferry serve: cannot use storage {storage}: {e}", file=sys.stderr)
+        return 1
+    # INFO lines of the wire reach whatever handler the CLI set up.
+    logging.getLogger("converters").setLevel(logging.INFO)
+    shown = args.advertise or advertised_host(host)
+
+    def ready(bound: int) -> None:
+        pairing = identity.pairing(shown, bound)
+        print(f"ferry serve: listening on {host}:{bound}, storage {storage}")
+        print(f"pairing: {pairing}")
+        print(f"kernel: {pairing.kernel_keys()}", flush=True)
+
+    try:
+        asyncio.run(_serve(storage, identity, host, port, ready))
+    except OSError as e:
+        print(f"ferry serve: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _serve(storage, identity, host, port, ready) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await run(storage, identity, host, port, ready=ready, stop=stop)
+    log.info("STOP storage=%s", storage)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(
+        level=logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    parser = argparse.ArgumentParser(prog="ferry serve")
+    add_arguments(parser)
+    sys.exit(main(parser.parse_args()))
