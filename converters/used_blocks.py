@@ -10,9 +10,11 @@ trusting a bitmap we check what partclone does not:
 - a journal or log that still needs replay (ext3/4 ``needs_recovery``, XFS
   dirty log, btrfs log tree, unclean NTFS ``$LogFile`` or hibernation) means
   the on-disk allocation may be stale: the whole filesystem is sent;
-- ext4 groups flagged BLOCK_UNINIT come back free from partclone, although
-  they hold backup superblocks and group descriptors: dumpe2fs lists every
-  piece of metadata and it is added as DATA;
+- partclone's extfsclone.c has a branch that calls every block of a
+  BLOCK_UNINIT group free, backup superblock and descriptors included
+  (0.3.23 here does not take it for mke2fs 1.47 filesystems, but the live
+  image must not depend on which one it ships): every piece of metadata
+  dumpe2fs lists is added as DATA;
 - partclone.btrfs maps one copy of DUP chunks only: the other copy is added.
 
 Anything unknown, ambiguous or failing is sent whole (zero detection is the

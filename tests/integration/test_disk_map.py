@@ -506,20 +506,84 @@ def test_lvm_maps_free_extents_and_lv_filesystem(lvm_disk, loops):
     check_copy(lvm_disk, report, loops)
 
 
-def test_dirty_ext4_journal_is_sent_whole(tmp_path, loops):
-    """A filesystem whose journal needs replay may use blocks its bitmaps
-    call free: it must not be trusted."""
-    image = tmp_path / "dirty.img"
-    sparse(image, 64 * MiB)
-    sh("mkfs.ext4", "-q", "-E", "nodiscard", str(image))
-    with open(image, "r+b") as f:  # set EXT3_FEATURE_INCOMPAT_RECOVER
-        f.seek(1024 + 0x60)
-        incompat = int.from_bytes(f.read(4), "little") | 0x4
-        f.seek(1024 + 0x60)
-        f.write(incompat.to_bytes(4, "little"))
+@pytest.mark.parametrize("features", ["metadata_csum", "^metadata_csum,uninit_bg"])
+def test_ext4_backup_superblocks_survive_the_copy(tmp_path, loops, features):
+    """Backup superblocks sit in groups flagged BLOCK_UNINIT, which some
+    partclone code calls free; e2fsck from each backup must work on the
+    copy as on the source. Also a filesystem on the whole disk, no table."""
+    image = tmp_path / "ext4.img"
+    sparse(image, 1024 * MiB)
+    sh("mkfs.ext4", "-q", "-b", "4096", "-O", features, "-E", "nodiscard", str(image))
+    dump = sh("dumpe2fs", str(image), text=True).stdout
+    backups = re.findall(r"Backup superblock at (\d+)", dump)
+    uninit = re.findall(r"BLOCK_UNINIT\]\n\s+Backup superblock at (\d+)", dump)
+    assert uninit, "no BLOCK_UNINIT group holds a backup: nothing to prove"
     report = describe_disk(image)
-    assert report.regions[0].method == "whole"
-    assert "recovery" in report.regions[0].reason
+    assert [r.method for r in report.regions] == ["partclone.extfs"]
+    assert report.map.bytes_of(SKIP) > 900 * MiB
+    part = Part(0, 0, 1024 * MiB, "ext4")
+    copy = tmp_path / "ext4.copy"
+    copy_by_map(image, report.map, copy)
+    fsck(loops, copy, part, FSCK["ext4"])
+    for block in backups:
+        cmd = ["e2fsck", "-fn", "-b", block, "-B", "4096"]
+        any_rc = tuple(range(256))
+        want = fsck(loops, image, part, cmd, ok=any_rc)
+        assert fsck(loops, copy, part, cmd, ok=any_rc) == want, block
+
+
+def make_unsafe(kind: str, image: Path, loops: Loops) -> None:
+    if kind == "ext4 needs_recovery":
+        sparse(image, 64 * MiB)
+        sh("mkfs.ext4", "-q", "-E", "nodiscard", str(image))
+        with open(image, "r+b") as f:  # set EXT3_FEATURE_INCOMPAT_RECOVER
+            f.seek(1024 + 0x60)
+            incompat = int.from_bytes(f.read(4), "little") | 0x4
+            f.seek(1024 + 0x60)
+            f.write(incompat.to_bytes(4, "little"))
+    elif kind == "xfs dirty log":  # a crash: shut down with changes in the log
+        sparse(image, 320 * MiB)
+        sh("mkfs.xfs", "-q", "-K", str(image))
+        dev = loops.loop(image, 0, 320 * MiB)
+        mnt = loops.mount(dev)
+        (mnt / "f").write_bytes(os.urandom(MiB))
+        sh("xfs_io", "-x", "-c", "shutdown -f", str(mnt))  # log flushed first
+        loops.umount(mnt)
+    elif kind == "ntfs hibernated":
+        sparse(image, 64 * MiB)
+        sh("mkfs.ntfs", "-Q", "-q", "-F", str(image))
+        dev = loops.loop(image, 0, 64 * MiB)
+        mnt = Path(tempfile.mkdtemp(dir=loops.tmp))
+        sh("ntfs-3g", str(dev), str(mnt))
+        loops.mounts.append(str(mnt))
+        (mnt / "hiberfil.sys").write_bytes(b"hibr" + bytes(8188))
+        loops.umount(mnt)
+    elif kind == "swap with a hibernation image":
+        sparse(image, 64 * MiB)
+        sh("mkswap", str(image))
+        with open(image, "r+b") as f:
+            f.seek(4096 - 10)
+            f.write(b"S1SUSPEND\0")
+
+
+@pytest.mark.parametrize(
+    "kind, reason",
+    [
+        ("ext4 needs_recovery", "recovery"),
+        ("xfs dirty log", "DIRTY"),
+        ("ntfs hibernated", "hibernated"),
+        ("swap with a hibernation image", "swsuspend"),
+    ],
+)
+def test_filesystem_in_doubt_is_sent_whole(tmp_path, loops, kind, reason):
+    """Journals to replay, a hibernated system: the on-disk allocation may
+    be stale, so nothing of the filesystem may be SKIP."""
+    image = tmp_path / "doubt.img"
+    make_unsafe(kind, image, loops)
+    report = describe_disk(image)
+    (region,) = report.regions
+    assert region.method == "whole"
+    assert reason in region.reason
     assert report.map.bytes_of(SKIP) == 0
 
 
