@@ -1,0 +1,393 @@
+"""The sending side of the wire: extent-driven upload of disks to ``ferry
+serve`` (P2V capture, and later import and live capture).
+
+Per disk, the extent map says what to send: DATA is read and sent in 8 MiB
+requests (or as zero requests when it reads as zeros), ZERO becomes zero
+requests, SKIP is never read. A feeder hands the requests of all disks, in
+turns, to a bounded queue; a few workers, each with its own connection, read,
+compress, checksum and send them; the first worker error is raised when the
+block ends.
+
+Resume: before each round the client asks the server what it has and sends
+only the rest; after a link failure a worker asks again before re-sending.
+A disk is done when the server, checking its own journal, says complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import random
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+from converters.events import EventStream
+from converters.extents import ExtentKind, ExtentMap
+
+from .connection import WireClient
+from .errors import ChecksumMismatch, Incomplete, LinkDown, TransferError
+from .pairing import Pairing
+from .progress import DiskStats, Meter
+from .protocol import CHUNK_SIZE, MAX_CHUNK, MAX_ZERO, Encoder, is_zero
+from .throttle import TokenBucket
+
+log = logging.getLogger(__name__)
+
+# Each round sends what the server lacks; a second round happens only when
+# the server lost unflushed writes in a restart. More rounds than this means
+# something keeps losing data: stop and say so.
+MAX_ROUNDS = 8
+# A chunk refused for a checksum mismatch is read and sent again this often
+# before the disk is given up (a source that changes under us, bad RAM).
+MAX_REJECTS = 3
+
+
+@dataclass
+class DiskSource:
+    """One disk to send: a readable path and the map of what to send."""
+
+    name: str
+    path: str | os.PathLike
+    extents: ExtentMap
+
+
+@dataclass
+class UploadOptions:
+    compress: str = "auto"  # auto | zstd | none
+    bandwidth: float | None = None  # bytes per second, None: unlimited
+    # Four requests in flight: two cores each busy with one while the
+    # others wait on the network; more only adds memory (8 MiB each).
+    workers: int = 4
+    chunk_size: int = CHUNK_SIZE
+    # Give up when the server stays unreachable this long (a reboot of the
+    # KVM host fits in it).
+    retry_timeout: float = 600.0
+
+
+@dataclass
+class UploadResult:
+    session: str
+    disks: dict[str, DiskStats] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Item:
+    job: _Job
+    offset: int
+    length: int
+    kind: ExtentKind
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.length
+
+
+class _Job:
+    def __init__(self, source: DiskSource, stats: DiskStats, meter: Meter):
+        self.source = source
+        self.name = source.name
+        self.emap = source.extents
+        self.stats = stats
+        self.meter = meter
+        self.fd = os.open(source.path, os.O_RDONLY)
+        os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        self.committed = None
+
+    def items(self, chunk: int) -> Iterator[_Item]:
+        """What the server lacks, cut at multiples of the request size so
+        that every run of every client sends the same ranges."""
+        for ext in self.emap:
+            if ext.kind is ExtentKind.SKIP:
+                continue
+            step = chunk if ext.kind is ExtentKind.DATA else MAX_ZERO
+            for start, end in self.committed.missing(ext.offset, ext.end):
+                pos = start
+                while pos < end:
+                    cut = min(end, (pos // step + 1) * step)
+                    yield _Item(self, pos, cut - pos, ext.kind)
+                    pos = cut
+
+    def data_done(self) -> int:
+        return sum(
+            self.committed.overlap(e.offset, e.end)
+            for e in self.emap.of_kind(ExtentKind.DATA)
+        )
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def upload(
+    server: Pairing | str,
+    session: str,
+    disks: Sequence[DiskSource],
+    *,
+    inventory: dict | None = None,
+    options: UploadOptions | None = None,
+    events: EventStream | None = None,
+) -> UploadResult:
+    """Send ``disks`` into session ``session`` on ``server``; resumes the
+    session when it exists. Returns the byte counters per disk."""
+    pairing = server if isinstance(server, Pairing) else Pairing.parse(server)
+    uploader = _Uploader(pairing, session, disks, options or UploadOptions(), events)
+    return uploader.run(inventory or {})
+
+
+class _Uploader:
+    def __init__(self, pairing, session, disks, options, events):
+        if not 0 < options.chunk_size <= MAX_CHUNK:
+            raise ValueError(f"chunk_size must be 1..{MAX_CHUNK}")
+        self.pairing = pairing
+        self.session = session
+        self.sources = list(disks)
+        self.options = options
+        self.events = events or EventStream()
+        self.throttle = TokenBucket(options.bandwidth) if options.bandwidth else None
+        self.result = UploadResult(session)
+
+    def run(self, inventory: dict) -> UploadResult:
+        started = time.monotonic()
+        control = WireClient(self.pairing)
+        jobs: list[_Job] = []
+        try:
+            maps = {s.name: s.extents for s in self.sources}
+            self.events.step("session", f"{self.session} on {self.pairing.address}")
+            reply = self._retry(
+                lambda: control.open_session(self.session, inventory, maps)
+            )
+            done = {d["name"] for d in reply["disks"] if d["complete"]}
+            for source in self.sources:
+                stats = _stats_for(source)
+                self.result.disks[source.name] = stats
+                stats.complete = source.name in done
+                if not stats.complete:
+                    jobs.append(_Job(source, stats, Meter(stats, self.events)))
+            self._rounds(control, jobs)
+        finally:
+            control.close()
+            for job in jobs:
+                job.close()
+            self.result.seconds = time.monotonic() - started
+        return self.result
+
+    def _rounds(self, control: WireClient, jobs: list[_Job]) -> None:
+        for _ in range(MAX_ROUNDS):
+            todo = [j for j in jobs if not j.stats.complete]
+            if not todo:
+                return
+            for job in todo:
+                status = self._retry(
+                    lambda j=job: control.disk_status(self.session, j.name)
+                )
+                job.committed = status.committed
+                job.stats.rounds += 1
+                if job.stats.rounds == 1:
+                    job.stats.committed_before = status.committed.total
+                job.meter.start(job.data_done())
+            self._pump(todo)
+            for job in todo:
+                self._finish(control, job)
+        missing = ", ".join(j.name for j in jobs if not j.stats.complete)
+        if missing:
+            raise TransferError(
+                reason=f"{missing} still incomplete after {MAX_ROUNDS} rounds"
+            )
+
+    def _retry(self, func):
+        return _retry_call(func, self.options.retry_timeout, self.events)
+
+    def _finish(self, control: WireClient, job: _Job) -> None:
+        self._retry(lambda: control.flush(self.session, job.name))
+        try:
+            self._retry(lambda: control.complete(self.session, job.name))
+        except Incomplete as e:
+            # The server restarted before journaling some acknowledged
+            # writes: the next round sends them again.
+            self.events.log(f"{job.name}: {e}; sending the rest", "warning")
+            return
+        job.stats.complete = True
+        job.meter.emit(force=True)
+        self.events.log(f"{job.name}: complete on {self.pairing.address}")
+
+    def _pump(self, jobs: list[_Job]) -> None:
+        q: queue.Queue = queue.Queue(maxsize=self.options.workers * 2)
+        stop = threading.Event()
+        failures: list[BaseException] = []
+        threads = [
+            threading.Thread(
+                target=self._worker, args=(q, stop, failures), name=f"ferry-send-{i}"
+            )
+            for i in range(self.options.workers)
+        ]
+        for t in threads:
+            t.start()
+        try:
+            for item in _interleave([j.items(self.options.chunk_size) for j in jobs]):
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.5)
+                        break
+                    except queue.Full:
+                        pass
+                if stop.is_set():
+                    break
+        except BaseException:
+            stop.set()
+            raise
+        finally:
+            for _ in threads:
+                q.put(None)
+            for t in threads:
+                t.join()
+        if failures:
+            raise failures[0]
+
+    def _worker(self, q: queue.Queue, stop: threading.Event, failures: list) -> None:
+        client = WireClient(self.pairing)
+        encoder = Encoder(self.options.compress)
+        buf = bytearray(self.options.chunk_size)
+        try:
+            while (item := q.get()) is not None:
+                if stop.is_set():
+                    continue  # drain, so that the feeder never blocks
+                try:
+                    self._send(client, encoder, buf, item)
+                except BaseException as e:
+                    failures.append(e)
+                    stop.set()
+        finally:
+            client.close()
+
+    def _send(self, client: WireClient, encoder: Encoder, buf, item: _Item) -> None:
+        backoff = _Backoff(self.options.retry_timeout)
+        after_failure = False
+        rejects = 0
+        while True:
+            try:
+                if after_failure and self._server_has(client, item):
+                    item.job.meter.add(_data(item), found_after_retry=item.length)
+                    return
+                self._attempt(client, encoder, buf, item, after_failure)
+                return
+            except LinkDown as e:
+                item.job.meter.add(link_failures=1)
+                backoff.wait(e, self.events)
+                after_failure = True
+            except ChecksumMismatch as e:
+                rejects += 1
+                item.job.meter.add(rejected=1)
+                if rejects > MAX_REJECTS:
+                    raise TransferError(reason=f"{item.job.name}: {e}") from e
+                log.warning("REJECTED disk=%s offset=%d", item.job.name, item.offset)
+
+    def _server_has(self, client: WireClient, item: _Item) -> bool:
+        """After a link failure: did the request get through anyway? Waits
+        for the server to finish writing what it received."""
+        for _ in range(50):
+            status = client.disk_status(self.session, item.job.name)
+            if not status.inflight.overlap(item.offset, item.end):
+                return status.committed.covers(item.offset, item.end)
+            time.sleep(0.1)
+        return False
+
+    def _attempt(self, client, encoder, buf, item: _Item, again: bool) -> None:
+        job, session = item.job, self.session
+        resent = item.length if again else 0
+        if item.kind is ExtentKind.ZERO:
+            client.zero(session, job.name, item.offset, item.length)
+            job.meter.add(zeroed=item.length, resent=resent)
+            return
+        view = _read(job, memoryview(buf)[: item.length], item.offset)
+        if is_zero(view):
+            client.zero(session, job.name, item.offset, item.length)
+            job.meter.add(item.length, zero_detected=item.length, resent=resent)
+            return
+        payload = encode_payload(encoder, view)
+        body = self.throttle.slices(payload.body) if self.throttle else None
+        client.put(session, job.name, item.offset, payload, body)
+        job.meter.add(
+            item.length,
+            data_sent=item.length,
+            wire_bytes=len(payload.body),
+            saved=payload.saved,
+            resent=resent,
+        )
+
+
+def encode_payload(encoder: Encoder, data):
+    """One request body (a seam for tests that corrupt payloads)."""
+    return encoder.encode(data)
+
+
+def _read(job: _Job, view: memoryview, offset: int) -> memoryview:
+    pos = 0
+    while pos < len(view):
+        n = os.preadv(job.fd, [view[pos:]], offset + pos)
+        if n == 0:
+            raise TransferError(
+                reason=f"{job.source.path} ends at {offset + pos}, before its "
+                f"map ({job.emap.size} bytes)"
+            )
+        pos += n
+    return view
+
+
+def _data(item: _Item) -> int:
+    return item.length if item.kind is ExtentKind.DATA else 0
+
+
+def _interleave(iterators: list[Iterator[_Item]]) -> Iterator[_Item]:
+    """One item of each disk in turn, so that all disks move together."""
+    live = list(iterators)
+    while live:
+        for it in list(live):
+            try:
+                yield next(it)
+            except StopIteration:
+                live.remove(it)
+
+
+def _stats_for(source: DiskSource) -> DiskStats:
+    emap = source.extents
+    return DiskStats(
+        source.name,
+        size=emap.size,
+        data_total=emap.bytes_of(ExtentKind.DATA),
+        skipped=emap.bytes_of(ExtentKind.SKIP) + emap.bytes_of(ExtentKind.ZERO),
+    )
+
+
+class _Backoff:
+    FIRST = 0.25
+    CAP = 8.0
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.delay = self.FIRST
+        self.since: float | None = None
+
+    def wait(self, err: Exception, events: EventStream) -> None:
+        now = time.monotonic()
+        if self.since is None:
+            self.since = now
+            events.log(f"{err}; retrying", "warning")
+        if now - self.since > self.timeout:
+            raise TransferError(
+                reason=f"server unreachable for {self.timeout:.0f} s: {err}"
+            ) from err
+        # Jitter: workers that failed together should not return together.
+        time.sleep(self.delay * random.uniform(0.5, 1.0))
+        self.delay = min(self.delay * 2, self.CAP)
+
+
+def _retry_call(func, timeout: float, events: EventStream):
+    backoff = _Backoff(timeout)
+    while True:
+        try:
+            return func()
+        except LinkDown as e:
+            backoff.wait(e, events)
