@@ -18,6 +18,7 @@ import errno
 import logging
 import os
 import stat
+import time
 from dataclasses import dataclass, field
 
 from converters.extents import Extent, ExtentKind, ExtentMap
@@ -50,6 +51,7 @@ class RegionReport:
     method: str  # "partclone.xfs", "swap header", "lvm vg ...", "whole"
     reason: str = ""
     skip: int = 0  # bytes of this region marked SKIP
+    seconds: float = 0.0  # time spent mapping it
 
 
 @dataclass
@@ -80,9 +82,10 @@ def describe_disk(path: str | os.PathLike) -> DiskMapReport:
         else:
             _map_partitions(path, report)
     elif sig.type:
+        started = time.monotonic()
         fs = map_region(path, 0, size, sig.type)
         report.map = fs.map
-        report.regions.append(_region("whole disk", 0, fs))
+        report.regions.append(_region("whole disk", 0, fs, started))
     else:
         report.note = "no partition table or filesystem"
     if report.note:
@@ -105,6 +108,7 @@ def _map_partitions(path: str, report: DiskMapReport) -> None:
     shared = overlapping(parts)
     for part in parts:
         what = f"partition {part.number}"
+        started = time.monotonic()
         if part.end > table.disk_size:
             reason = "partition runs past the end of the disk"
             fs = FsMap(ExtentMap.whole(0), part.fs_type, "whole", reason)
@@ -116,10 +120,10 @@ def _map_partitions(path: str, report: DiskMapReport) -> None:
             fs_type = None if sig.ambivalent else sig.type
             fs = map_region(path, part.start, part.length, fs_type)
             report.map = report.map.embed(part.start, fs.map)
-        report.regions.append(_region(what, part.start, fs))
+        report.regions.append(_region(what, part.start, fs, started))
 
 
-def _region(what: str, offset: int, fs: FsMap) -> RegionReport:
+def _region(what: str, offset: int, fs: FsMap, started: float) -> RegionReport:
     region = RegionReport(
         what,
         offset,
@@ -128,15 +132,18 @@ def _region(what: str, offset: int, fs: FsMap) -> RegionReport:
         fs.method,
         fs.reason,
         fs.map.bytes_of(SKIP),
+        round(time.monotonic() - started, 3),
     )
     log.info(
-        "MAP region=%r offset=%d length=%d fs=%s method=%s skip=%d reason=%r",
+        "MAP region=%r offset=%d length=%d fs=%s method=%s skip=%d "
+        "seconds=%.2f reason=%r",
         what,
         offset,
         region.length,
         fs.fs_type,
         fs.method,
         region.skip,
+        region.seconds,
         fs.reason,
     )
     return region

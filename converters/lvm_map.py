@@ -57,11 +57,15 @@ class PhysicalVolume:
     pe_count: int
     areas: tuple[PvArea, ...]
     lv_extents: dict[str, int]  # every LV of the VG: its length in extents
+    plain: frozenset[str]  # visible LVs no other LV builds on
 
     def contiguous(self, lv: str) -> tuple[int, int] | None:
-        """(first PE, count) when ``lv`` is one linear run on this PV."""
+        """(first PE, count) when ``lv`` is a plain LV in one linear run on
+        this PV. Hidden sub-LVs never qualify: a thin pool's data, a raid5
+        image or a cache's data can start with a filesystem signature whose
+        filesystem does not continue in them."""
         runs = sorted((a for a in self.areas if a.lv == lv), key=lambda a: a.le)
-        if not runs or not all(a.linear for a in runs):
+        if lv not in self.plain or not runs or not all(a.linear for a in runs):
             return None
         le, pe = 0, runs[0].pe
         for a in runs:
@@ -191,15 +195,20 @@ def _pv_from_text(text: str, uuid: str) -> PhysicalVolume:
         raise LvmError("this PV is not in its own metadata")
     pv = pvs[ours[0]]
     extent = int(vg["extent_size"]) * SECTOR
-    areas, lv_extents = [], {}
+    areas, lv_extents, named, candidates = [], {}, set(), set()
     for lv_name, lv in vg.get("logical_volumes", {}).items():
         total = 0
-        segments = (v for k, v in lv.items() if re.fullmatch(r"segment\d+", k))
-        for seg in segments:
+        segs = [v for k, v in lv.items() if re.fullmatch(r"segment\d+", k)]
+        for seg in segs:
             start, count = int(seg["start_extent"]), int(seg["extent_count"])
             total = max(total, start + count)
             areas += _segment_areas(lv_name, seg, start, count, ours[0], pvs)
+            named |= {v for v in _values(seg) if isinstance(v, str)}
         lv_extents[lv_name] = total
+        if "VISIBLE" in lv.get("status", []) and all(
+            s.get("type") == "striped" for s in segs
+        ):
+            candidates.add(lv_name)
     pe_count = int(pv["pe_count"])
     for a in areas:
         if a.pe < 0 or a.pe + a.count > pe_count:
@@ -212,6 +221,7 @@ def _pv_from_text(text: str, uuid: str) -> PhysicalVolume:
         pe_count,
         tuple(areas),
         lv_extents,
+        frozenset(candidates - named),
     )
 
 

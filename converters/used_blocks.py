@@ -140,9 +140,12 @@ def run_partclone(tool: str, device: str, length: int) -> ExtentMap:
     """``partclone.<tool> -D`` on ``device``: its used blocks as a map."""
     with tempfile.TemporaryDirectory(prefix="ferry-partclone-") as tmp:
         domain, logfile = os.path.join(tmp, "domain"), os.path.join(tmp, "log")
+        # -f 1: progress every second. The default (2 s) makes every run
+        # wait up to 2 s for the progress thread at the end; -f 0 spins it
+        # (measured: 400 GiB ext4 maps in 3.4 s with -f 1, 4.6 s with -f 0).
         proc = subprocess.run(
-            [f"partclone.{tool}", "-D", "-B", "-s", device, "-O", domain]
-            + ["-L", logfile],
+            [f"partclone.{tool}", "-D", "-B", "-f", "1", "-s", device]
+            + ["-O", domain, "-L", logfile],
             capture_output=True,
             text=True,
             check=False,
@@ -247,24 +250,42 @@ def _xfs_log_dirty(dev: str) -> str | None:
     return None if state == "CLEAN" else f"xfs log state {state or 'unknown'}"
 
 
+def _head(cmd: list[str], size: int) -> bytes:
+    """The first ``size`` bytes a command prints (hiberfil.sys is gigabytes:
+    read its head and stop the reader)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    out = b""
+    try:
+        while len(out) < size and (chunk := proc.stdout.read(size - len(out))):
+            out += chunk
+    finally:
+        proc.kill()
+        proc.wait()
+    return out
+
+
 def _ntfs_unclean(dev: str) -> str | None:
     """An NTFS with a $LogFile to replay or a hibernated Windows may hold
     clusters its $Bitmap does not show yet. ntfs-3g checks both only when
     mounting read-write, which a capture never does, so check here."""
-    hiber = subprocess.run(["ntfscat", dev, "hiberfil.sys"], capture_output=True)
-    if hiber.returncode == 0 and hiber.stdout[:4].lower() == b"hibr":
+    if _head(["ntfscat", dev, "hiberfil.sys"], 4).lower() == b"hibr":
         return "windows is hibernated"
-    logfile = subprocess.run(["ntfscat", "-i", "2", dev], capture_output=True)
-    head = logfile.stdout[:8192]
-    if logfile.returncode != 0 or len(head) < 1024:
+    head = _head(["ntfscat", "-i", "2", dev], 16384)  # inode 2 is $LogFile
+    if len(head) < 16384:
         return "cannot read $LogFile"
+    return ntfs_logfile_state(head)
+
+
+def ntfs_logfile_state(head: bytes) -> str | None:
+    """None when the first 16 KiB of a $LogFile say nothing awaits replay."""
     if head == b"\xff" * len(head):  # emptied by ntfs-3g or mkntfs
         return None
-    # Restart pages at 0 and 4096 ("RSTR"); the newest (current_lsn) rules.
-    # Its restart area is clean when no client is in use or the
-    # RESTART_VOLUME_IS_CLEAN flag is set (ntfs-3g logfile.c).
+    # Two restart pages ("RSTR"), at 0 and at the system page size; the
+    # newest (current_lsn) rules. Its restart area is clean when no client
+    # is in use or RESTART_VOLUME_IS_CLEAN is set (ntfs-3g logfile.c).
+    (second,) = struct.unpack_from("<I", head, 0x10)
     best = None
-    for page in (0, 4096):
+    for page in {0, second if second in (4096, 8192) else 4096}:
         if head[page : page + 4] != b"RSTR":
             continue
         (area,) = struct.unpack_from("<H", head, page + 0x18)
