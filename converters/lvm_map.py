@@ -105,7 +105,10 @@ def read_pv(path: str | os.PathLike, offset: int) -> PhysicalVolume:
             raise LvmError("PV has no metadata area")
         mda_start, mda_size = locns[1][0]
         text = _read_metadata(f, offset + mda_start, mda_size)
-    return _pv_from_text(text, uuid)
+    pv = _pv_from_text(text, uuid)
+    if locns[0] and locns[0][0][0] != pv.pe_start:
+        raise LvmError("label and metadata disagree on where extents start")
+    return pv
 
 
 def _read_metadata(f, start: int, size: int) -> str:
@@ -117,6 +120,8 @@ def _read_metadata(f, start: int, size: int) -> str:
     off, length, text_crc, flags = struct.unpack_from("<QQII", header, 40)
     if flags & RAW_LOCN_IGNORED or not length:
         raise LvmError("metadata ignored on this PV")
+    if not SECTOR <= off < size or length > size - SECTOR:
+        raise LvmError("metadata location outside its area")
     first = min(length, size - off)  # the area is a ring after its header
     f.seek(start + off)
     text = f.read(first)
@@ -260,7 +265,7 @@ def map_pv(path: str | os.PathLike, offset: int, length: int) -> FsMap:
     whole = ExtentMap.whole(length, ExtentKind.DATA)
     try:
         pv = read_pv(path, offset)
-    except (LvmError, OSError, KeyError, ValueError, TypeError) as e:
+    except (LvmError, OSError, KeyError, ValueError, TypeError, struct.error) as e:
         log.warning("MAP lvm offset=%d whole reason=%s", offset, e)
         return FsMap(whole, "LVM2_member", "whole", f"LVM: {e}")
     pe_end = pv.pe_start + pv.pe_count * pv.extent_size

@@ -111,7 +111,9 @@ def map_filesystem(
 ) -> FsMap:
     """The map of the filesystem of type ``fs_type`` (blkid's name) found at
     ``offset`` in ``path``. Never raises for a bad filesystem: it is sent
-    whole and the reason says why."""
+    whole and the reason says why. The filesystem must not be mounted
+    read-write meanwhile (capture refuses such disks): its bitmaps would
+    change under the map."""
     whole = ExtentMap.whole(length, DATA)
     if fs_type == "swap":
         return swap_map(path, offset, length)
@@ -130,7 +132,7 @@ def map_filesystem(
                 fsmap = fsmap.overlay_ranges(_ext_metadata(dev), DATA)
             elif tool == "btrfs":
                 fsmap = _btrfs_mirrors(dev, fsmap)
-    except (UsedBlocksError, subprocess.CalledProcessError, OSError) as e:
+    except (UsedBlocksError, subprocess.SubprocessError, OSError, struct.error) as e:
         log.warning("MAP fs=%s offset=%d whole reason=%s", fs_type, offset, e)
         return FsMap(whole, fs_type, "whole", str(e))
     return FsMap(fsmap, fs_type, f"partclone.{tool}")
@@ -320,6 +322,7 @@ def _ext_metadata(dev: str) -> list[tuple[int, int]]:
 
 
 _STRIPE = re.compile(r"stripe \d+ devid \d+ offset (\d+)")
+_CHUNK = re.compile(r"length (\d+) owner \d+ stripe_len \d+ type (\S+)")
 
 
 def _btrfs_mirrors(dev: str, fsmap: ExtentMap) -> ExtentMap:
@@ -330,20 +333,28 @@ def _btrfs_mirrors(dev: str, fsmap: ExtentMap) -> ExtentMap:
         text=True,
         check=True,
     ).stdout
+    chunks = 0
     for chunk in re.split(r"\bitem \d+ key ", out)[1:]:
         if "CHUNK_ITEM" not in chunk:
             continue
-        length = int(re.search(r"length (\d+)", chunk).group(1))
-        kind = re.search(r" type (\S+)", chunk).group(1)
+        head = _CHUNK.search(chunk)
         stripes = [int(s) for s in _STRIPE.findall(chunk)]
-        if len(stripes) < 2:
+        if not head or not stripes:
+            raise UsedBlocksError("unreadable btrfs chunk tree")
+        chunks += 1
+        length, profile = int(head.group(1)), head.group(2)
+        if len(stripes) == 1:
             continue
-        if "DUP" not in kind:
-            raise UsedBlocksError(f"btrfs chunk profile {kind} on one device")
+        if "DUP" not in profile:
+            raise UsedBlocksError(f"btrfs chunk profile {profile} on one device")
+        if max(stripes) + length > fsmap.size:
+            raise UsedBlocksError("btrfs chunk past the end of the filesystem")
         used = []
         for start in stripes:
-            part = fsmap.slice(start, min(length, fsmap.size - start))
+            part = fsmap.slice(start, length)
             used += [(e.offset, e.length) for e in part.of_kind(DATA)]
         for start in stripes:
             fsmap = fsmap.overlay_ranges([(start + o, n) for o, n in used], DATA)
+    if not chunks:
+        raise UsedBlocksError("no chunks in the btrfs chunk tree")
     return fsmap
