@@ -98,6 +98,7 @@ class Disk:
     verbatim: list[tuple[int, int]] = field(default_factory=list)  # never SKIP
     skip_tags: list[bytes] = field(default_factory=list)  # markers: mostly SKIP
     extra_fs: list[Part] = field(default_factory=list)  # filesystems in LVs
+    table: bool = True  # False: one filesystem on the whole disk
 
 
 class Loops:
@@ -181,6 +182,8 @@ def make_fs(ls: Loops, disk: Disk, part: Part, deleted: int, tag: bytes) -> None
         disk.skip_tags.append(tag)
     else:
         mkfs = {
+            "ext2": ["mkfs.ext2", "-q", "-b", "4096", "-E", "nodiscard"],
+            "ext3": ["mkfs.ext3", "-q", "-b", "4096", "-E", "nodiscard"],
             "ext4": ["mkfs.ext4", "-q", "-b", "4096", "-E", "nodiscard"],
             "xfs": ["mkfs.xfs", "-q", "-K"],
             "btrfs": ["mkfs.btrfs", "-q", "-K"],
@@ -362,7 +365,7 @@ def copy_by_map(src: Path, emap: ExtentMap, dst: Path) -> None:
 def read_files(ls: Loops, image: Path, part: Part) -> dict[str, str]:
     dev = ls.loop(image, part.start, part.length, ro=part.fs != "vfat")
     got = {}
-    if part.fs in ("ext4", "xfs", "btrfs"):
+    if part.fs in ("ext2", "ext3", "ext4", "xfs", "btrfs"):
         opts = ("ro", "norecovery") if part.fs == "xfs" else ("ro",)
         mnt = ls.mount(dev, *opts)
         for rel in part.files:
@@ -383,6 +386,8 @@ def read_files(ls: Loops, image: Path, part: Part) -> dict[str, str]:
 
 
 FSCK = {
+    "ext2": ["e2fsck", "-fn"],
+    "ext3": ["e2fsck", "-fn"],
     "ext4": ["e2fsck", "-fn"],
     "xfs": ["xfs_repair", "-n"],
     "btrfs": ["btrfs", "check", "--readonly"],
@@ -413,7 +418,8 @@ def check_copy(disk: Disk, report: DiskMapReport, ls: Loops) -> None:
                 a.seek(offset)
                 b.seek(offset)
                 assert a.read(length) == b.read(length), f"verbatim {offset}"
-        assert read_partition_table(copy) == read_partition_table(disk.path)
+        if disk.table:
+            assert read_partition_table(copy) == read_partition_table(disk.path)
         for part in disk.parts + disk.extra_fs:
             if part.fs in FSCK:
                 fsck(ls, copy, part, FSCK[part.fs])
@@ -504,6 +510,21 @@ def test_lvm_maps_free_extents_and_lv_filesystem(lvm_disk, loops):
     assert "root: partclone.extfs" in region.reason
     assert "data: whole" in region.reason
     check_copy(lvm_disk, report, loops)
+
+
+@pytest.mark.parametrize("fs", ["ext2", "ext3"])
+def test_ext2_and_ext3_on_a_whole_disk(tmp_path, loops, fs):
+    disk = Disk(tmp_path / f"{fs}.img", 160 * MiB, table=False)
+    sparse(disk.path, disk.size)
+    part = Part(0, 0, disk.size, fs)
+    make_fs(loops, disk, part, 48 * MiB, b"w" + fs[-1:].encode())
+    disk.parts.append(part)
+    report = timed_describe(disk.path)
+    assert [(r.what, r.method) for r in report.regions] == [
+        ("whole disk", "partclone.extfs")
+    ]
+    check_map(disk, report, {})
+    check_copy(disk, report, loops)
 
 
 @pytest.mark.parametrize("features", ["metadata_csum", "^metadata_csum,uninit_bg"])
