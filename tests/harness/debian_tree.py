@@ -104,9 +104,13 @@ def chroot(root: Path, *cmd: str) -> None:
         "DEBIAN_FRONTEND": "noninteractive",
         "LANG": "C.UTF-8",
     }
-    subprocess.run(
-        ["chroot", str(root), *cmd], check=True, env=env, stdout=subprocess.DEVNULL
+    # Tools like dracut narrate every step; show that only when they fail.
+    out = subprocess.run(
+        ["chroot", str(root), *cmd], env=env, capture_output=True, text=True
     )
+    if out.returncode != 0:
+        tail = (out.stdout + out.stderr)[-3000:]
+        raise RuntimeError(f"chroot {' '.join(cmd)} failed ({out.returncode}):\n{tail}")
 
 
 @contextlib.contextmanager
