@@ -40,7 +40,8 @@ def _as_oserror(op: str) -> Iterator[None]:
     try:
         yield
     except nbd.Error as e:
-        code = e.errno if isinstance(e.errno, int) else errno.EIO
+        # errnum is the number; errno is its name ("ENOSPC"), or None.
+        code = e.errnum if isinstance(e.errnum, int) and e.errnum else errno.EIO
         raise OSError(code, f"nbd {op}: {e.string}") from e
 
 

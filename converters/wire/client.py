@@ -28,10 +28,16 @@ from converters.events import EventStream
 from converters.extents import ExtentKind, ExtentMap
 
 from .connection import WireClient
-from .errors import ChecksumMismatch, Incomplete, LinkDown, TransferError
+from .errors import (
+    BadRequest,
+    ChecksumMismatch,
+    Incomplete,
+    LinkDown,
+    TransferError,
+)
 from .pairing import Pairing
 from .progress import DiskStats, Meter
-from .protocol import CHUNK_SIZE, MAX_CHUNK, MAX_ZERO, Encoder, is_zero
+from .protocol import CHUNK_SIZE, MAX_CHUNK, MAX_ZERO, Encoder, is_zero, valid_name
 from .throttle import TokenBucket
 
 log = logging.getLogger(__name__)
@@ -141,6 +147,12 @@ class _Uploader:
     def __init__(self, pairing, session, disks, options, events):
         if not 0 < options.chunk_size <= MAX_CHUNK:
             raise ValueError(f"chunk_size must be 1..{MAX_CHUNK}")
+        for name in [session, *(d.name for d in disks)]:
+            if not valid_name(name):
+                raise BadRequest(
+                    reason=f"{name!r} is not a valid name: use letters, "
+                    "digits, '.', '_' and '-', at most 64"
+                )
         self.pairing = pairing
         self.session = session
         self.sources = list(disks)
@@ -269,7 +281,7 @@ class _Uploader:
         while True:
             try:
                 if after_failure and self._server_has(client, item):
-                    item.job.meter.add(_data(item), found_after_retry=item.length)
+                    item.job.meter.add(_data(item), found_after_retry=_data(item))
                     return
                 self._attempt(client, encoder, buf, item, after_failure)
                 return

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from converters.extents import ExtentMap
 
 from . import errors, protocol
-from .errors import CertificateMismatch, LinkDown
+from .errors import BadRequest, CertificateMismatch, LinkDown
 from .pairing import Pairing, fingerprint
 from .protocol import CHECKSUM_HEADER, Payload
 from .ranges import RangeSet
@@ -102,6 +102,8 @@ class WireClient:
         except CertificateMismatch:
             self.close()
             raise
+        except http.client.InvalidURL as e:
+            raise BadRequest(reason=str(e)) from None
         except (OSError, http.client.HTTPException) as e:
             self.close()
             raise LinkDown(reason=f"{method} {path}: {e or type(e).__name__}") from e

@@ -241,7 +241,12 @@ class DiskIO:
         if self.record.error != message:
             self.record.error = message
             self._log.error("ERROR disk=%s error=%s", self.name, message)
-            self._on_change()
+            try:
+                self._on_change()
+            except OSError as e:
+                # Full storage may not take session.json either; it already
+                # says incomplete, which is what matters.
+                self._log.warning("SAVE failed disk=%s error=%s", self.name, e)
 
     async def _get_backend(self):
         self.last_used = time.monotonic()

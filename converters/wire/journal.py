@@ -71,9 +71,16 @@ class Journal:
             return
         fd = self._open()
         data = text.encode()
-        while data:
-            data = data[os.write(fd, data) :]
-        os.fsync(fd)
+        end = os.lseek(fd, 0, os.SEEK_END)
+        try:
+            while data:
+                data = data[os.write(fd, data) :]
+            os.fsync(fd)
+        except OSError:
+            # A full disk may take half a line: cut it, or the next append
+            # would continue it into a line that means something else.
+            os.ftruncate(fd, end)
+            raise
         self._lines += text.count("\n")
 
     def compact(self, committed: RangeSet) -> None:

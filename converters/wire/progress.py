@@ -39,7 +39,7 @@ class DiskStats:
     zero_detected: int = 0  # DATA bytes sent as zero requests
     zeroed: int = 0  # ZERO bytes of the map sent as zero requests
     saved: int = 0  # bytes compression kept off the link
-    found_after_retry: int = 0  # after a link failure: the server had it
+    found_after_retry: int = 0  # DATA bytes the server had after a link failure
     resent: int = 0  # after a link failure: sent again, the server lacked it
     rejected: int = 0  # requests refused for a checksum mismatch
     link_failures: int = 0
