@@ -1,0 +1,79 @@
+"""Payload coding, checksums and ranges of the wire."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from converters.wire import protocol
+from converters.wire.errors import BadRequest, ChecksumMismatch, RangeNotSatisfiable
+
+TEXT = b"the quick brown fox jumps over the lazy dog\n" * 200_000
+
+
+@pytest.mark.parametrize("mode", ["auto", "zstd", "none"])
+def test_payloads_decode_to_what_was_encoded(mode):
+    encoder = protocol.Encoder(mode)
+    for data in (TEXT[: 8 << 20], os.urandom(1 << 20), b"x" * 100):
+        payload = encoder.encode(memoryview(data))
+        out = protocol.decode(payload.body, payload.encoding, payload.length)
+        assert bytes(out) == data
+        protocol.verify(out, payload.checksum, 0)
+
+
+def test_auto_compresses_only_when_it_pays():
+    encoder = protocol.Encoder("auto")
+    text = encoder.encode(TEXT[: 8 << 20])
+    noise = encoder.encode(os.urandom(8 << 20))
+    assert text.encoding == "zstd" and text.saved > (6 << 20)
+    assert noise.encoding == "identity" and noise.saved == 0
+
+
+def test_the_checksum_covers_the_disk_bytes_not_the_compressed_ones():
+    payload = protocol.Encoder("zstd").encode(TEXT[:65536])
+    assert payload.checksum == protocol.checksum(TEXT[:65536])
+    assert payload.checksum.startswith("sha256:")
+
+
+def test_a_flipped_byte_is_a_checksum_mismatch():
+    data = bytearray(os.urandom(4096))
+    digest = protocol.checksum(data)
+    data[100] ^= 1
+    with pytest.raises(ChecksumMismatch) as caught:
+        protocol.verify(data, digest, 8192)
+    assert caught.value.status == 400 and "8192" in str(caught.value)
+
+
+def test_decoding_refuses_bodies_of_the_wrong_size():
+    with pytest.raises(BadRequest):
+        protocol.decode(b"abc", "identity", 4)
+    packed = protocol.Encoder("zstd").encode(b"a" * 1000)
+    with pytest.raises(BadRequest):
+        protocol.decode(packed.body, "zstd", 999)  # a bomb stops at the range
+    with pytest.raises(BadRequest):
+        protocol.decode(b"abc", "gzip", 3)
+
+
+def test_ranges_are_inclusive_http_ranges():
+    assert protocol.content_range(0, 4096) == "bytes 0-4095/*"
+    assert protocol.parse_content_range("bytes 4096-8191/*") == (4096, 4096)
+    assert protocol.parse_range("bytes=0-99", 50) == (0, 50)
+    with pytest.raises(BadRequest):
+        protocol.parse_content_range("bytes=0-1")
+    with pytest.raises(RangeNotSatisfiable):
+        protocol.parse_range("bytes=60-99", 50)
+    with pytest.raises(RangeNotSatisfiable):
+        protocol.check_bounds(4096, 4097, 8192)
+
+
+def test_zero_detection():
+    assert protocol.is_zero(bytes(8 << 20))
+    assert protocol.is_zero(memoryview(bytearray(5000)))
+    assert not protocol.is_zero(b"\0" * 4095 + b"\1")
+
+
+def test_names_are_safe_path_components():
+    assert protocol.valid_name("pc-12.lab_3")
+    for bad in ("", ".ferry", "../x", "a/b", "a b", "x" * 65):
+        assert not protocol.valid_name(bad)
