@@ -9,16 +9,17 @@ import logging
 import sys
 
 from converters import __version__
+from converters.errors import FerryError
+
+__all__ = ["FerryError", "main"]
 
 # Imported lazily by name so that `ferry doctor` on a broken machine does not
 # fail on an import that only another command needs.
 COMMAND_MODULES = [
     "converters.doctor",
+    "converters.wire.serve_command",
+    "converters.capture_command",
 ]
-
-
-class FerryError(Exception):
-    """An error the user can act on: printed as one line, exit status 1."""
 
 
 def build_parser() -> argparse.ArgumentParser:

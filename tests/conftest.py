@@ -11,6 +11,9 @@ import pytest
 
 from converters import cache
 
+# `serve` and `pairing`: a real ferry serve on loopback, for any test.
+pytest_plugins = ["tests.integration.test_wire_support"]
+
 REPO = Path(__file__).resolve().parent.parent
 KEEP_LOGS = REPO / "test-logs"
 # A machine build needs its disk twice over (work file and cached copy).
