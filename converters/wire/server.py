@@ -25,15 +25,12 @@ import converters
 from . import protocol, storage
 from .errors import BadRequest, PayloadTooLarge, Unauthorized, WireError
 from .pairing import Identity
-from .protocol import API, CHECKSUM_HEADER, MAX_CHUNK
+from .protocol import API, BODY_SLACK, CHECKSUM_HEADER, MAX_CHUNK
 from .sessions import Registry
 
 log = logging.getLogger(__name__)
 
 NAME = r"{%s:[A-Za-z0-9][A-Za-z0-9._-]{0,63}}"
-# A zstd frame of incompressible data is a little larger than the data; the
-# client sends compressed bodies only when they are smaller, but allow slack.
-BODY_SLACK = 64 << 10
 
 
 @dataclass
@@ -223,8 +220,8 @@ class DiskView(_View):
         if not digest:
             raise BadRequest(reason=f"{CHECKSUM_HEADER} is required")
         encoding = request.headers.get("Content-Encoding", "identity").lower()
-        async with session.inflight:
-            body = await _read_body(request, size)
+        async with session.buffers.get() as buf:
+            body = await _read_body(request, memoryview(buf)[:size])
             await disk.write(offset, length, body, encoding, digest)
         return web.Response(status=204)
 
@@ -258,7 +255,7 @@ class DiskView(_View):
                 reason=f"ranges are read {MAX_CHUNK} bytes at most"
             )
         compress = "zstd" in request.headers.get("Accept-Encoding", "")
-        async with session.inflight:
+        async with session.buffers.get():
             data = await disk.read(offset, length)
             loop = asyncio.get_running_loop()
             payload = await loop.run_in_executor(
@@ -273,20 +270,19 @@ class DiskView(_View):
         return web.Response(status=206, body=bytes(payload.body), headers=headers)
 
 
-async def _read_body(request: web.Request, size: int) -> bytearray:
-    # Into one preallocated buffer: joining the transport's chunks would
-    # hold every request body twice.
-    buf = bytearray(size)
+async def _read_body(request: web.Request, view: memoryview) -> memoryview:
+    """The body, into a buffer of the session's pool."""
+    size = len(view)
     pos = 0
     async for chunk in request.content.iter_any():
         end = pos + len(chunk)
         if end > size:
             raise BadRequest(reason="body longer than Content-Length")
-        buf[pos:end] = chunk
+        view[pos:end] = chunk
         pos = end
     if pos != size:
         raise BadRequest(reason=f"body ended after {pos} of {size} bytes")
-    return buf
+    return view
 
 
 _encoders = threading.local()
