@@ -1,0 +1,82 @@
+"""A GuestOS over a folder on the host, for unit tests of the fixups: the
+files are real, the guest's commands are canned. It is what the chroot
+backend will be minus chroot, which keeps the interface honest."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from converters.fixups.guest import Filesystem, GuestCommandError, Mount
+
+
+class FakeGuest:
+    backend = "fake"
+
+    def __init__(
+        self,
+        root: Path,
+        filesystems: list[Filesystem] = (),
+        mounts: list[Mount] = (),
+        commands: dict[str, Callable[[list[str]], str]] | None = None,
+    ) -> None:
+        self.root = root
+        self._filesystems = list(filesystems)
+        self._mounts = list(mounts)
+        self.commands = commands or {}
+        self.ran: list[list[str]] = []
+
+    def _p(self, path: str) -> Path:
+        return self.root / path.lstrip("/")
+
+    def put(self, path: str, text: str) -> FakeGuest:
+        p = self._p(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text)
+        return self
+
+    def read(self, path: str) -> str:
+        return self._p(path).read_text()
+
+    def write(self, path: str, text: str, mode: int | None = None) -> None:
+        self._p(path).write_text(text)
+        if mode is not None:
+            self._p(path).chmod(mode)
+
+    def exists(self, path: str) -> bool:
+        return self._p(path).exists()
+
+    def is_dir(self, path: str) -> bool:
+        return self._p(path).is_dir()
+
+    def is_file(self, path: str) -> bool:
+        return self._p(path).is_file()
+
+    def glob(self, pattern: str) -> list[str]:
+        return sorted(
+            "/" + str(p.relative_to(self.root))
+            for p in self.root.glob(pattern.lstrip("/"))
+        )
+
+    def mkdir_p(self, path: str) -> None:
+        self._p(path).mkdir(parents=True, exist_ok=True)
+
+    def copy(self, src: str, dst: str) -> None:
+        shutil.copyfile(self._p(src), self._p(dst))
+
+    def remove(self, path: str) -> None:
+        self._p(path).unlink(missing_ok=True)
+
+    def run_command(self, argv: list[str], env=None) -> str:
+        self.ran.append(list(argv))
+        handler = self.commands.get(argv[0].rsplit("/", 1)[-1])
+        if handler is None:
+            raise GuestCommandError(argv, 127, f"{argv[0]}: not found")
+        return handler(argv)
+
+    def mounts(self) -> list[Mount]:
+        return self._mounts
+
+    def filesystems(self) -> list[Filesystem]:
+        return self._filesystems
