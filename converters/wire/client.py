@@ -37,7 +37,15 @@ from .errors import (
 )
 from .pairing import Pairing
 from .progress import DiskStats, Meter
-from .protocol import CHUNK_SIZE, MAX_CHUNK, MAX_ZERO, Encoder, is_zero, valid_name
+from .protocol import (
+    CHUNK_SIZE,
+    MAX_CHUNK,
+    MAX_ZERO,
+    Encoder,
+    bound_heap,
+    is_zero,
+    valid_name,
+)
 from .throttle import TokenBucket
 
 log = logging.getLogger(__name__)
@@ -139,6 +147,7 @@ def upload(
     """Send ``disks`` into session ``session`` on ``server``; resumes the
     session when it exists. Returns the byte counters per disk."""
     pairing = server if isinstance(server, Pairing) else Pairing.parse(server)
+    bound_heap()
     uploader = _Uploader(pairing, session, disks, options or UploadOptions(), events)
     return uploader.run(inventory or {})
 

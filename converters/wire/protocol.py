@@ -8,6 +8,8 @@ writes, not what it received.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import hashlib
 import re
 import threading
@@ -50,6 +52,24 @@ KEEP_RATIO = 15 / 16
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 ZEROS = bytes(MAX_CHUNK)
+
+
+def bound_heap() -> None:
+    """Make glibc return large buffers to the system when they are freed.
+
+    8 MiB buffers (zstd output) come and go in several threads; once glibc's
+    adaptive mmap threshold has risen past their size they are carved from
+    per-thread arenas that keep the memory, and the process grows with its
+    thread count. A fixed 1 MiB threshold turns each into an mmap again.
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        libc.mallopt(_M_MMAP_THRESHOLD, 1 << 20)
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to tune
+
+
+_M_MMAP_THRESHOLD = -3  # from malloc.h
 
 
 def checksum(data) -> str:

@@ -308,6 +308,7 @@ async def run(
     stop: asyncio.Event | None = None,
 ) -> None:
     """Serve until ``stop`` is set; ``ready(port)`` once listening."""
+    protocol.bound_heap()
     app = create_app(storage_dir, identity.secret, settings)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
