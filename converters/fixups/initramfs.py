@@ -69,6 +69,7 @@ def _add_to_modules_file(guest: GuestOS, modules) -> None:
         # initramfs-tools takes this file under every MODULES= policy,
         # including MODULES=list, where it is the only source.
         text = text + ("" if not text or text.endswith("\n") else "\n")
+        guest.mkdir_p(posixpath.dirname(MODULES_FILE))
         guest.write(MODULES_FILE, text + MARK + "\n" + "\n".join(wanted) + "\n")
 
 

@@ -1,0 +1,82 @@
+"""Inspection reads what a conversion needs; unsupported guests are named
+with everything they lack, before any change."""
+
+from __future__ import annotations
+
+import pytest
+
+from converters.events import EventStream
+from converters.fixups import inspect, pipeline
+from converters.fixups.guest import Filesystem, Mount, UnsupportedGuest
+from tests.unit.fake_guest import FakeGuest
+
+DEBIAN = 'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nID=debian\nVERSION_ID="12"\n'
+FEDORA = (
+    'NAME="Fedora Linux"\nID=fedora\nVERSION_ID=39\nPRETTY_NAME="Fedora Linux 39"\n'
+)
+
+
+def debian_guest(tmp_path, uefi=False) -> FakeGuest:
+    mounts = [Mount("/dev/sda1", "/")]
+    fss = [Filesystem("/dev/sda1", "ext4", "u1", disk=0, partition=1)]
+    if uefi:
+        mounts.append(Mount("/dev/sda2", "/boot/efi"))
+    guest = FakeGuest(tmp_path, fss, mounts)
+    guest.put("/etc/os-release", DEBIAN)
+    guest.put("/etc/hostname", "web1\n")
+    guest.put("/etc/fstab", "# c\nUUID=u1 / ext4 errors=remount-ro 0 1\n")
+    guest.put("/boot/vmlinuz-6.1.0-9-amd64", "")
+    guest.put("/boot/initrd.img-6.1.0-9-amd64", "")
+    guest.put("/lib/modules/6.1.0-9-amd64/modules.dep", "")
+    guest.put("/lib/modules/5.10.0-1-amd64/modules.dep", "")  # kernel removed
+    guest.put("/usr/sbin/update-initramfs", "")
+    guest.put("/usr/sbin/grub-mkconfig", "")
+    guest.mkdir_p("/usr/lib/systemd/network")
+    if uefi:
+        guest.mkdir_p("/boot/grub/x86_64-efi")
+        guest.put("/boot/efi/EFI/debian/grubx64.efi", "")
+    else:
+        guest.mkdir_p("/boot/grub/i386-pc")
+    return guest
+
+
+def test_debian_bios_guest(tmp_path):
+    info = inspect.inspect(debian_guest(tmp_path))
+    assert (info.os_id, info.family, info.version) == ("debian", "debian", "12")
+    assert info.hostname == "web1"
+    assert [k.version for k in info.kernels] == ["6.1.0-9-amd64"]
+    assert info.kernels[0].initramfs == "/boot/initrd.img-6.1.0-9-amd64"
+    assert info.initramfs_tool == "initramfs-tools"
+    assert info.grub.platforms == ("i386-pc",)
+    assert info.firmware == "bios"
+    assert info.root == "/dev/sda1" and info.esp == ""
+    assert info.fstab[0].spec == "UUID=u1"
+    assert inspect.missing(info) == []
+
+
+def test_debian_uefi_guest(tmp_path):
+    info = inspect.inspect(debian_guest(tmp_path, uefi=True))
+    assert info.firmware == "uefi"
+    assert info.esp == "/dev/sda2"
+    assert info.efi_loaders == ("/boot/efi/EFI/debian/grubx64.efi",)
+
+
+def test_other_family_is_refused_naming_what_is_missing(tmp_path):
+    guest = FakeGuest(tmp_path, [], [Mount("/dev/sda1", "/")])
+    guest.put("/etc/os-release", FEDORA)
+    with pytest.raises(UnsupportedGuest) as err:
+        pipeline.prepare(guest, pipeline.Request(), EventStream())
+    text = str(err.value)
+    assert "cannot convert Fedora Linux 39" in text
+    assert "support for the rhel family" in text
+    assert "an installed kernel" in text
+    assert "an initramfs tool" in text
+    assert "GRUB" in text
+    assert guest.ran == []  # nothing was run, nothing written
+
+
+def test_parse_os_release_handles_quotes():
+    values = inspect.parse_os_release("ID=\"ubuntu\"\nID_LIKE=debian\nNAME='Ubuntu'\n")
+    assert values == {"ID": "ubuntu", "ID_LIKE": "debian", "NAME": "Ubuntu"}
+    assert inspect.family_of("ubuntu", "debian") == "debian"
+    assert inspect.family_of("rocky", "rhel centos fedora") == "rhel"
