@@ -227,11 +227,16 @@ def _resume(session: Session, disks: list[DiskRecord], maps, inventory) -> None:
         # A map computed again after a reboot of the live side may differ
         # (it never marks SKIP what it cannot prove unused); the source is
         # the same, so what was committed stays valid.
-        rec = old[disk.name]
-        if (rec.data_bytes, rec.zero_bytes) != (disk.data_bytes, disk.zero_bytes):
-            session.sdir.save_map(disk.name, maps[disk.name])
+        rec, new = old[disk.name], maps[disk.name].normalized()
+        if rec.complete:
+            continue  # done by the map it had; a complete image stays so
+        if session.sdir.load_map(disk.name).normalized() != new:
+            session.sdir.save_map(disk.name, new)
             rec.data_bytes, rec.zero_bytes = disk.data_bytes, disk.zero_bytes
             rec.skip_bytes = disk.skip_bytes
+            session.log.info(
+                "MAP replaced disk=%s data_bytes=%d", disk.name, rec.data_bytes
+            )
     if inventory:
         session.sdir.save_inventory(inventory)
     session.save()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 
 import test_wire_support as support
 from test_wire_support import (
@@ -133,3 +134,28 @@ def test_ranged_reads_and_extents_serve_the_image_back(tmp_path, pairing):
     status = client.server_status()
     assert status["sessions"][0]["disks"][0]["complete"] is True
     client.close()
+
+
+def test_one_server_takes_several_machines_at_once(tmp_path, serve, pairing):
+    machines = []
+    for i in range(3):
+        path = tmp_path / f"pc{i}.raw"
+        layout = [(16 * MiB, D, "random"), (8 * MiB, D, "text")]
+        machines.append(
+            (f"pc{i}", DiskSource("sda", path, write_source(path, layout, i)))
+        )
+    results = {}
+
+    def capture(name, disk):
+        results[name] = upload(pairing, name, [disk], options=UploadOptions(workers=2))
+
+    threads = [threading.Thread(target=capture, args=m) for m in machines]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    for name, disk in machines:
+        assert results[name].disks["sda"].complete
+        image = serve.storage / name / "sda.qcow2"
+        assert qemu_img_compare(disk.path, image).returncode == 0
