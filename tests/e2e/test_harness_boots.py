@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 
 # TCG boots these machines in about 40 s on an idle 2-core host; the margin
 # covers a loaded CI machine.
-BOOT_TIMEOUT = 300
+BOOT_TIMEOUT = 480
 # initramfs-tools waits about 30 s for a missing root device before it gives up.
 NO_ROOT = r"does not exist|Gave up waiting for root"
 
