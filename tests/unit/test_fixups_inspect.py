@@ -7,37 +7,8 @@ import pytest
 
 from converters.events import EventStream
 from converters.fixups import inspect, pipeline
-from converters.fixups.guest import Filesystem, Mount, UnsupportedGuest
-from tests.unit.fake_guest import FakeGuest
-
-DEBIAN = 'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nID=debian\nVERSION_ID="12"\n'
-FEDORA = (
-    'NAME="Fedora Linux"\nID=fedora\nVERSION_ID=39\nPRETTY_NAME="Fedora Linux 39"\n'
-)
-
-
-def debian_guest(tmp_path, uefi=False) -> FakeGuest:
-    mounts = [Mount("/dev/sda1", "/")]
-    fss = [Filesystem("/dev/sda1", "ext4", "u1", disk=0, partition=1)]
-    if uefi:
-        mounts.append(Mount("/dev/sda2", "/boot/efi"))
-    guest = FakeGuest(tmp_path, fss, mounts)
-    guest.put("/etc/os-release", DEBIAN)
-    guest.put("/etc/hostname", "web1\n")
-    guest.put("/etc/fstab", "# c\nUUID=u1 / ext4 errors=remount-ro 0 1\n")
-    guest.put("/boot/vmlinuz-6.1.0-9-amd64", "")
-    guest.put("/boot/initrd.img-6.1.0-9-amd64", "")
-    guest.put("/lib/modules/6.1.0-9-amd64/modules.dep", "")
-    guest.put("/lib/modules/5.10.0-1-amd64/modules.dep", "")  # kernel removed
-    guest.put("/usr/sbin/update-initramfs", "")
-    guest.put("/usr/sbin/grub-mkconfig", "")
-    guest.mkdir_p("/usr/lib/systemd/network")
-    if uefi:
-        guest.mkdir_p("/boot/grub/x86_64-efi")
-        guest.put("/boot/efi/EFI/debian/grubx64.efi", "")
-    else:
-        guest.mkdir_p("/boot/grub/i386-pc")
-    return guest
+from converters.fixups.guest import Mount, UnsupportedGuest
+from tests.unit.fake_guest import FEDORA, FakeGuest, debian_guest
 
 
 def test_debian_bios_guest(tmp_path):

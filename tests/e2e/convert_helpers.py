@@ -1,0 +1,70 @@
+"""Shared steps of the conversion tests: capture a test machine as a
+session folder, run `ferry convert` through its CLI module, boot."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import time
+from pathlib import Path
+
+from converters import convert_command
+from converters.inventory import Disk, Machine, Nic
+from tests.harness.qemu_runner import DEFAULT_MAC, QemuMachine, overlay
+
+# TCG boots these machines in 40-120 s on a 2-core host shared with other
+# tests; the margin covers a loaded CI machine.
+BOOT_TIMEOUT = 400
+
+
+def capture(machine, folder: Path) -> Path:
+    """A session folder as a capture leaves it: sda.qcow2 holding the
+    source disk's bytes, and the live side's inventory (with the NIC's
+    name and MAC)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [
+            "qemu-img",
+            "convert",
+            "-O",
+            "qcow2",
+            str(machine.disk),
+            str(folder / "sda.qcow2"),
+        ],
+        check=True,
+    )
+    size = machine.disk.stat().st_size
+    inventory = Machine(
+        firmware=machine.recipe.firmware,
+        cpus=1,
+        memory=1 << 30,
+        disks=(Disk("sda", "/dev/sda", size, model="ST1000", serial="FERRY0001"),),
+        nics=(Nic(machine.recipe.nic, DEFAULT_MAC, True, "e1000"),),
+        hostname=machine.hostname,
+    )
+    (folder / "inventory.json").write_text(json.dumps(inventory.to_json()))
+    return folder
+
+
+def run_convert_cli(session: Path, *extra: str) -> tuple[int, float]:
+    """`ferry convert SESSION` through the command module's own parser."""
+    parser = argparse.ArgumentParser(prog="ferry")
+    convert_command.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["convert", str(session), *extra])
+    started = time.monotonic()
+    code = args.func(args)
+    return code, time.monotonic() - started
+
+
+def log_tail(session: Path, lines: int = 40) -> str:
+    log = session / "convert.log"
+    if not log.exists():
+        return "(no convert.log)"
+    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+
+
+def boot(session: Path, profile, workdir: Path, mac: str = DEFAULT_MAC) -> QemuMachine:
+    """The converted disk behind a fresh overlay: boots never change it."""
+    disk = overlay(session / "sda.qcow2", workdir / "boot.qcow2")
+    return QemuMachine(profile, workdir, [disk], mac=mac)
