@@ -1,0 +1,181 @@
+"""The flows the progress screen runs: each one engine call (the same the
+CLI makes) plus the sentence that says how it ended.
+
+A flow runs in a worker thread and reports through the engine's event
+stream. It knows whether it had started writing when it failed, so that
+the failed screen can say "nothing was written" only when that is true.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+from converters.events import Event, EventStream, Step
+from tui import fmt
+from tui.connect import address_of, check_server, explain
+from tui.deploy_link import NOT_AVAILABLE, DeployUnavailable, Image, Mapping
+
+
+class Cancelled(Exception):
+    """The technician stopped the flow (raised from the event listener, the
+    only place an engine call can be interrupted)."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    ok: bool
+    title: str
+    sentence: str  # what happened, one sentence
+    where: str = ""  # where the result is
+    retry: Flow | None = None  # the same flow again (resumes a capture)
+
+
+class Flow:
+    kind = "flow"
+    title = ""
+
+    def run(self, events: EventStream) -> Outcome:
+        raise NotImplementedError
+
+    def failed(self, err: BaseException) -> Outcome:
+        raise NotImplementedError
+
+
+@dataclass
+class P2VFlow(Flow):
+    """Cold capture of the chosen disks into a session on ferry serve."""
+
+    request: object  # converters.capture.CaptureRequest
+    sending: bool = field(default=False, init=False)
+    kind = "P2V capture"
+
+    def __post_init__(self) -> None:
+        # The session name decides resume: fix it now, as capture would.
+        if not self.request.name:
+            self.request.name = os.uname().nodename or "capture"
+
+    @property
+    def address(self) -> str:
+        return address_of(self.request.server)
+
+    @property
+    def title(self) -> str:
+        return f"P2V capture to {self.address}, VM {self.request.name}"
+
+    def _watch(self, event: Event) -> None:
+        # The uploader announces the session before it creates it.
+        if isinstance(event, Step) and event.name == "session":
+            self.sending = True
+
+    def run(self, events: EventStream) -> Outcome:
+        from converters.capture import capture
+
+        started = time.monotonic()
+        events.step("connect", self.address)
+        # Fails in seconds on a wrong secret or address, where the
+        # capture's own retries would wait for a server that went away.
+        server = check_server(self.request.server)
+        events.log(
+            f"connected to ferry serve {server.version} at {server.address}, "
+            f"certificate {server.fingerprint[:16]}..., "
+            f"{fmt.size(server.free_bytes)} free"
+        )
+        events.subscribe(self._watch)
+        result = capture(self.request, events)
+        disks = ", ".join(result.disks) or "no disks"
+        return Outcome(
+            ok=True,
+            title="Capture complete",
+            sentence=(
+                f"Captured {disks} into session {result.session} on "
+                f"{self.address} in {fmt.duration(time.monotonic() - started)}."
+            ),
+            where=f"VM {result.session} on the KVM host {self.address}",
+        )
+
+    def failed(self, err: BaseException) -> Outcome:
+        again = P2VFlow(self.request)
+        if isinstance(err, Cancelled):
+            sentence = (
+                "The capture was stopped: retry resumes it where it stopped."
+                if self.sending
+                else "The capture was stopped before anything was sent."
+            )
+            return Outcome(False, "Capture stopped", sentence, self._where(), again)
+        prefix = (
+            "The capture failed: " if self.sending else "The capture cannot start: "
+        )
+        text = explain(err, self.request.server, prefix)
+        if self.sending:
+            text += " The server keeps what it received: retry resumes."
+        else:
+            text += " Nothing was sent or written."
+        return Outcome(False, "Capture failed", text, self._where(), again)
+
+    def _where(self) -> str:
+        if not self.sending:
+            return "nothing was written on the server"
+        return f"session {self.request.name} on {self.address}, incomplete"
+
+
+@dataclass
+class V2PFlow(Flow):
+    """An image from the server (or a file) onto this machine's disks."""
+
+    image: Image
+    mappings: list[Mapping]
+    confirm: list[str]
+    hostname: str = ""
+    writing: bool = field(default=False, init=False)
+    kind = "V2P deploy"
+
+    @property
+    def targets(self) -> str:
+        return ", ".join(m.target.name for m in self.mappings)
+
+    @property
+    def title(self) -> str:
+        return f"V2P deploy of {self.image.name} to {self.targets}"
+
+    def run(self, events: EventStream) -> Outcome:
+        from tui import deploy_link
+
+        events.step("plan", f"{self.image.name} onto {self.targets}")
+        req = deploy_link.request(
+            self.image, self.mappings, self.confirm, self.hostname
+        )
+        deploy_link.plan(req)
+        self.writing = True
+        deploy_link.start(req, events)
+        return Outcome(
+            True,
+            "Deploy complete",
+            f"Wrote image {self.image.name} to {self.targets}.",
+            where=f"disk {self.targets} of this machine",
+        )
+
+    def failed(self, err: BaseException) -> Outcome:
+        if isinstance(err, DeployUnavailable):
+            return Outcome(
+                False,
+                "V2P not available",
+                f"{NOT_AVAILABLE}: nothing was written to {self.targets}.",
+                where="no disk was touched",
+            )
+        if not self.writing:
+            return Outcome(
+                False,
+                "Cannot deploy",
+                explain(err, self.image.source, "The deploy cannot start: ")
+                + f" Nothing was written to {self.targets}.",
+                where="no disk was touched",
+            )
+        return Outcome(
+            False,
+            "Deploy failed",
+            explain(err, self.image.source, "The deploy failed: "),
+            where=f"disk {self.targets} is partly written",
+            retry=V2PFlow(self.image, self.mappings, self.confirm, self.hostname),
+        )

@@ -1,0 +1,57 @@
+"""Every disk this machine has, and all that is known about the one under
+the cursor: what a technician checks before choosing what to capture or
+to overwrite."""
+
+from __future__ import annotations
+
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header, Static
+
+from converters.inventory import Machine
+from tui.widgets.disks import DiskDetail, DiskTable
+
+LEGEND = (
+    "Flags: BOOT ferry's boot medium, rem removable, ro read-only, "
+    "mnt mounted, LVM/RAID member"
+)
+
+
+class DisksScreen(Screen):
+    BINDINGS = [
+        Binding("escape", "app.pop_screen", "Back"),
+        Binding("r", "refresh", "Refresh"),
+    ]
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield DiskTable(classes="section")
+        yield DiskDetail("Reading disks...", classes="section")
+        yield Static(LEGEND, classes="hint")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one(DiskTable).border_title = "Disks"
+        self.query_one(DiskDetail).border_title = "Selected disk"
+        self.watch(self.app, "machine", self._machine)
+
+    def _machine(self, machine: Machine | None) -> None:
+        if machine is None:
+            return
+        self.query_one(DiskTable).show(machine.disks)
+        self._detail()
+        if not machine.disks:
+            self.query_one(DiskDetail).update("No disks found.")
+
+    @on(DataTable.RowHighlighted)
+    def _detail(self) -> None:
+        machine, table = self.app.machine, self.query_one(DiskTable)
+        if machine is None or not machine.disks:
+            return
+        row = min(max(table.cursor_row, 0), len(machine.disks) - 1)
+        self.query_one(DiskDetail).show(machine.disks[row])
+
+    def action_refresh(self) -> None:
+        self.app.refresh_inventory()

@@ -1,0 +1,150 @@
+"""What a running flow is doing: the current step, a bar per disk with
+rate, ETA and what was spared, and the log. A lost link shows as
+"reconnecting" until bytes move again (the engine resumes by itself)."""
+
+from __future__ import annotations
+
+import logging
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.reactive import reactive
+from textual.screen import Screen
+from textual.widgets import Footer, Header, RichLog, Static
+
+from converters.events import Log, Progress, Step
+from tui.flows import Cancelled, Flow
+from tui.messages import FlowEnded, FlowEvent
+from tui.widgets.progress import DiskProgress
+
+log = logging.getLogger(__name__)
+
+
+def is_link_retry(event: Log) -> bool:
+    # The uploader's backoff logs "link down: ...; retrying" once per
+    # outage (converters/wire/client.py).
+    return event.level == "warning" and event.message.startswith("link down")
+
+
+class ProgressScreen(Screen):
+    DEFAULT_CSS = """
+    ProgressScreen #title { text-style: bold; padding: 0 1; }
+    ProgressScreen #step { padding: 0 1; }
+    ProgressScreen #link { padding: 0 1; text-style: bold reverse; }
+    ProgressScreen #disks { height: auto; max-height: 10; padding: 0 1; }
+    ProgressScreen RichLog { height: 1fr; border: round $primary; }
+    """
+    BINDINGS = [Binding("c", "cancel", "Cancel")]
+
+    step = reactive("starting")
+    reconnecting = reactive(False)
+
+    def __init__(self, flow: Flow) -> None:
+        super().__init__()
+        self.flow = flow
+        self.reconnects = 0  # outages seen (tests read it)
+        self.stopping = False
+        self._done: dict[str, int] = {}
+        self._worker = None
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static(self.flow.title, id="title")
+        yield Static("", id="step")
+        yield Static("", id="link")
+        yield Vertical(id="disks")
+        yield RichLog(wrap=True, markup=False, max_lines=2000, min_width=40)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one(RichLog).border_title = "Log"
+        self.query_one("#link").display = False
+        self._worker = self.run_flow()
+
+    def watch_step(self, step: str) -> None:
+        self.query_one("#step", Static).update(f"Step: {step}")
+
+    def watch_reconnecting(self, on_: bool) -> None:
+        link = self.query_one("#link", Static)
+        link.display = on_
+        link.update(" Link lost: reconnecting, the transfer resumes by itself ")
+
+    # The worker and its listener run in threads.
+
+    @work(thread=True, exclusive=True, group="flow")
+    def run_flow(self) -> None:
+        from converters.events import EventStream
+
+        events = EventStream()
+        events.subscribe(self._listen)
+        try:
+            outcome = self.flow.run(events)
+        except Exception as e:
+            log.info("FLOW failed kind=%s error=%r", self.flow.kind, e)
+            outcome = self.flow.failed(e)
+        self.post_message(FlowEnded(outcome))
+
+    def _listen(self, event) -> None:
+        # An engine call cannot be interrupted from outside: the next event
+        # it emits raises, and the engine unwinds as on any error (the
+        # server keeps what it committed, so a retry resumes).
+        if self.stopping or (self._worker and self._worker.is_cancelled):
+            raise Cancelled()
+        self.post_message(FlowEvent(event))
+
+    @on(FlowEvent)
+    def _event(self, message: FlowEvent) -> None:
+        event = message.event
+        if isinstance(event, Progress):
+            self._progress(event)
+            return
+        if isinstance(event, Step):
+            line = f"{event.name}: {event.detail}" if event.detail else event.name
+            self.step = line
+            self._write(f"== {line}")
+        elif isinstance(event, Log):
+            prefix = "" if event.level == "info" else f"{event.level}: "
+            self._write(prefix + event.message)
+            if is_link_retry(event):
+                self.reconnects += 1
+                self.reconnecting = True
+
+    def _progress(self, p: Progress) -> None:
+        try:
+            bar = self.query_one(f"#disk-{p.disk}", DiskProgress)
+        except Exception:
+            bar = DiskProgress(p.disk, id=f"disk-{p.disk}")
+            self.query_one("#disks").mount(bar)
+            bar.call_after_refresh(bar.show, p)
+        else:
+            bar.show(p)
+        if p.done > self._done.get(p.disk, -1) and p.disk in self._done:
+            self.reconnecting = False
+        self._done[p.disk] = p.done
+
+    def _write(self, line: str) -> None:
+        self.query_one(RichLog).write(line)
+        self.app.record(line)
+
+    @on(FlowEnded)
+    def _ended(self, message: FlowEnded) -> None:
+        # A question left open (cancel?) has no subject any more.
+        while self.app.screen is not self and len(self.app.screen_stack) > 1:
+            self.app.pop_screen()
+        self.app.show_outcome(message.outcome, replace=True)
+
+    def action_cancel(self) -> None:
+        from tui.screens.confirm import ConfirmModal
+
+        def answer(yes: bool | None) -> None:
+            if yes:
+                self.stopping = True
+                self.step = "stopping at the next event..."
+
+        kind = self.flow.kind
+        self.app.push_screen(
+            ConfirmModal(f"Stop the {kind}? Retrying later resumes it.", yes="Stop"),
+            answer,
+        )
