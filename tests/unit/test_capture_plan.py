@@ -1,0 +1,56 @@
+import argparse
+
+import pytest
+
+from converters import capture
+from converters.capture_command import parse_rate
+from converters.inventory import Disk, Machine
+
+
+def machine(*disks: Disk) -> Machine:
+    return Machine(firmware="bios", cpus=2, memory=1 << 30, disks=disks)
+
+
+FIXED = Disk("sda", "/dev/sda", 1 << 30)
+STICK = Disk("sdb", "/dev/sdb", 1 << 30, transport="usb", removable=True)
+BOOT = Disk("sdc", "/dev/sdc", 1 << 30, boot_medium=True)
+
+
+def test_default_selection_is_every_fixed_disk_but_the_boot_medium():
+    chosen = capture._select(machine(FIXED, STICK, BOOT), None)
+    assert [d.name for d in chosen] == ["sda"]
+
+
+def test_disks_can_be_named_by_kernel_name_or_path():
+    chosen = capture._select(machine(FIXED, STICK), ["/dev/sdb", "sda"])
+    assert [d.name for d in chosen] == ["sdb", "sda"]
+
+
+def test_an_unknown_disk_is_refused_with_the_disks_there_are():
+    with pytest.raises(capture.CaptureError, match=r"no disk 'sdz' \(disks: sda\)"):
+        capture._select(machine(FIXED), ["sdz"])
+
+
+def test_a_machine_without_fixed_disks_has_nothing_to_capture():
+    with pytest.raises(capture.CaptureError, match="no fixed disks"):
+        capture._select(machine(STICK), None)
+
+
+@pytest.mark.parametrize(
+    "text, per_second",
+    [
+        ("1G", 125e6),
+        ("500M", 62.5e6),
+        ("1Gbit", 125e6),
+        ("50MB", 50e6),
+        ("50MB/s", 50e6),
+        ("800k", 100e3),
+    ],
+)
+def test_rates_read_as_bits_unless_written_in_bytes(text, per_second):
+    assert parse_rate(text) == per_second
+
+
+def test_a_rate_that_is_not_a_rate_is_refused():
+    with pytest.raises(argparse.ArgumentTypeError, match="bad rate"):
+        parse_rate("fast")
