@@ -86,9 +86,15 @@ class QemuNbd:
             cmd.append("--read-only")
         cmd.append(str(self.image))
         # stderr to a file, not a pipe: nobody reads a pipe while it runs.
+        # Its own session: a Ctrl-C meant for the server must not end
+        # qemu-nbd before the server has flushed and journaled through it.
         with tempfile.TemporaryFile() as errors:
             self._proc = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=errors,
+                start_new_session=True,
             )
             self.pid_path.write_text(f"{self._proc.pid}\n")
             log.info(

@@ -16,16 +16,14 @@ A disk is done when the server, checking its own journal, says complete.
 from __future__ import annotations
 
 import logging
-import os
 import queue
-import random
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from converters.events import EventStream
-from converters.extents import ExtentKind, ExtentMap
+from converters.extents import ExtentKind
 
 from .connection import WireClient
 from .errors import (
@@ -40,12 +38,13 @@ from .progress import DiskStats, Meter
 from .protocol import (
     CHUNK_SIZE,
     MAX_CHUNK,
-    MAX_ZERO,
     Encoder,
     bound_heap,
     is_zero,
     valid_name,
 )
+from .retry import Backoff, retry_call
+from .sources import DiskSource, Item, Job, interleave, read_into
 from .throttle import TokenBucket
 
 log = logging.getLogger(__name__)
@@ -57,15 +56,6 @@ MAX_ROUNDS = 8
 # A chunk refused for a checksum mismatch is read and sent again this often
 # before the disk is given up (a source that changes under us, bad RAM).
 MAX_REJECTS = 3
-
-
-@dataclass
-class DiskSource:
-    """One disk to send: a readable path and the map of what to send."""
-
-    name: str
-    path: str | os.PathLike
-    extents: ExtentMap
 
 
 @dataclass
@@ -86,53 +76,6 @@ class UploadResult:
     session: str
     disks: dict[str, DiskStats] = field(default_factory=dict)
     seconds: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class _Item:
-    job: _Job
-    offset: int
-    length: int
-    kind: ExtentKind
-
-    @property
-    def end(self) -> int:
-        return self.offset + self.length
-
-
-class _Job:
-    def __init__(self, source: DiskSource, stats: DiskStats, meter: Meter):
-        self.source = source
-        self.name = source.name
-        self.emap = source.extents
-        self.stats = stats
-        self.meter = meter
-        self.fd = os.open(source.path, os.O_RDONLY)
-        os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-        self.committed = None
-
-    def items(self, chunk: int) -> Iterator[_Item]:
-        """What the server lacks, cut at multiples of the request size so
-        that every run of every client sends the same ranges."""
-        for ext in self.emap:
-            if ext.kind is ExtentKind.SKIP:
-                continue
-            step = chunk if ext.kind is ExtentKind.DATA else MAX_ZERO
-            for start, end in self.committed.missing(ext.offset, ext.end):
-                pos = start
-                while pos < end:
-                    cut = min(end, (pos // step + 1) * step)
-                    yield _Item(self, pos, cut - pos, ext.kind)
-                    pos = cut
-
-    def data_done(self) -> int:
-        return sum(
-            self.committed.overlap(e.offset, e.end)
-            for e in self.emap.of_kind(ExtentKind.DATA)
-        )
-
-    def close(self) -> None:
-        os.close(self.fd)
 
 
 def upload(
@@ -173,7 +116,7 @@ class _Uploader:
     def run(self, inventory: dict) -> UploadResult:
         started = time.monotonic()
         control = WireClient(self.pairing)
-        jobs: list[_Job] = []
+        jobs: list[Job] = []
         try:
             maps = {s.name: s.extents for s in self.sources}
             self.events.step("session", f"{self.session} on {self.pairing.address}")
@@ -186,7 +129,7 @@ class _Uploader:
                 self.result.disks[source.name] = stats
                 stats.complete = source.name in done
                 if not stats.complete:
-                    jobs.append(_Job(source, stats, Meter(stats, self.events)))
+                    jobs.append(Job(source, stats, Meter(stats, self.events)))
             self._rounds(control, jobs)
         finally:
             control.close()
@@ -195,7 +138,7 @@ class _Uploader:
             self.result.seconds = time.monotonic() - started
         return self.result
 
-    def _rounds(self, control: WireClient, jobs: list[_Job]) -> None:
+    def _rounds(self, control: WireClient, jobs: list[Job]) -> None:
         for _ in range(MAX_ROUNDS):
             todo = [j for j in jobs if not j.stats.complete]
             if not todo:
@@ -219,9 +162,9 @@ class _Uploader:
             )
 
     def _retry(self, func):
-        return _retry_call(func, self.options.retry_timeout, self.events)
+        return retry_call(func, self.options.retry_timeout, self.events)
 
-    def _finish(self, control: WireClient, job: _Job) -> None:
+    def _finish(self, control: WireClient, job: Job) -> None:
         self._retry(lambda: control.flush(self.session, job.name))
         try:
             self._retry(lambda: control.complete(self.session, job.name))
@@ -234,7 +177,7 @@ class _Uploader:
         job.meter.emit(force=True)
         self.events.log(f"{job.name}: complete on {self.pairing.address}")
 
-    def _pump(self, jobs: list[_Job]) -> None:
+    def _pump(self, jobs: list[Job]) -> None:
         q: queue.Queue = queue.Queue(maxsize=self.options.workers * 2)
         stop = threading.Event()
         failures: list[BaseException] = []
@@ -247,7 +190,7 @@ class _Uploader:
         for t in threads:
             t.start()
         try:
-            for item in _interleave([j.items(self.options.chunk_size) for j in jobs]):
+            for item in interleave([j.items(self.options.chunk_size) for j in jobs]):
                 while not stop.is_set():
                     try:
                         q.put(item, timeout=0.5)
@@ -283,8 +226,8 @@ class _Uploader:
         finally:
             client.close()
 
-    def _send(self, client: WireClient, encoder: Encoder, buf, item: _Item) -> None:
-        backoff = _Backoff(self.options.retry_timeout)
+    def _send(self, client: WireClient, encoder: Encoder, buf, item: Item) -> None:
+        backoff = Backoff(self.options.retry_timeout)
         after_failure = False
         rejects = 0
         while True:
@@ -305,7 +248,7 @@ class _Uploader:
                     raise TransferError(reason=f"{item.job.name}: {e}") from e
                 log.warning("REJECTED disk=%s offset=%d", item.job.name, item.offset)
 
-    def _server_has(self, client: WireClient, item: _Item) -> bool:
+    def _server_has(self, client: WireClient, item: Item) -> bool:
         """After a link failure: did the request get through anyway? Waits
         for the server to finish writing what it received."""
         for _ in range(50):
@@ -315,14 +258,14 @@ class _Uploader:
             time.sleep(0.1)
         return False
 
-    def _attempt(self, client, encoder, buf, item: _Item, again: bool) -> None:
+    def _attempt(self, client, encoder, buf, item: Item, again: bool) -> None:
         job, session = item.job, self.session
         resent = item.length if again else 0
         if item.kind is ExtentKind.ZERO:
             client.zero(session, job.name, item.offset, item.length)
             job.meter.add(zeroed=item.length, resent=resent)
             return
-        view = _read(job, memoryview(buf)[: item.length], item.offset)
+        view = read_into(job, memoryview(buf)[: item.length], item.offset)
         if is_zero(view):
             client.zero(session, job.name, item.offset, item.length)
             job.meter.add(item.length, zero_detected=item.length, resent=resent)
@@ -344,32 +287,8 @@ def encode_payload(encoder: Encoder, data):
     return encoder.encode(data)
 
 
-def _read(job: _Job, view: memoryview, offset: int) -> memoryview:
-    pos = 0
-    while pos < len(view):
-        n = os.preadv(job.fd, [view[pos:]], offset + pos)
-        if n == 0:
-            raise TransferError(
-                reason=f"{job.source.path} ends at {offset + pos}, before its "
-                f"map ({job.emap.size} bytes)"
-            )
-        pos += n
-    return view
-
-
-def _data(item: _Item) -> int:
+def _data(item: Item) -> int:
     return item.length if item.kind is ExtentKind.DATA else 0
-
-
-def _interleave(iterators: list[Iterator[_Item]]) -> Iterator[_Item]:
-    """One item of each disk in turn, so that all disks move together."""
-    live = list(iterators)
-    while live:
-        for it in list(live):
-            try:
-                yield next(it)
-            except StopIteration:
-                live.remove(it)
 
 
 def _stats_for(source: DiskSource) -> DiskStats:
@@ -380,35 +299,3 @@ def _stats_for(source: DiskSource) -> DiskStats:
         data_total=emap.bytes_of(ExtentKind.DATA),
         skipped=emap.bytes_of(ExtentKind.SKIP) + emap.bytes_of(ExtentKind.ZERO),
     )
-
-
-class _Backoff:
-    FIRST = 0.25
-    CAP = 8.0
-
-    def __init__(self, timeout: float) -> None:
-        self.timeout = timeout
-        self.delay = self.FIRST
-        self.since: float | None = None
-
-    def wait(self, err: Exception, events: EventStream) -> None:
-        now = time.monotonic()
-        if self.since is None:
-            self.since = now
-            events.log(f"{err}; retrying", "warning")
-        if now - self.since > self.timeout:
-            raise TransferError(
-                reason=f"server unreachable for {self.timeout:.0f} s: {err}"
-            ) from err
-        # Jitter: workers that failed together should not return together.
-        time.sleep(self.delay * random.uniform(0.5, 1.0))
-        self.delay = min(self.delay * 2, self.CAP)
-
-
-def _retry_call(func, timeout: float, events: EventStream):
-    backoff = _Backoff(timeout)
-    while True:
-        try:
-            return func()
-        except LinkDown as e:
-            backoff.wait(e, events)
