@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import test_wire_support as support
 from test_wire_support import (
@@ -159,3 +160,20 @@ def test_one_server_takes_several_machines_at_once(tmp_path, serve, pairing):
         assert results[name].disks["sda"].complete
         image = serve.storage / name / "sda.qcow2"
         assert qemu_img_compare(disk.path, image).returncode == 0
+
+
+def test_bandwidth_limits_the_wire_rate(tmp_path, pairing):
+    source = tmp_path / "sda.raw"
+    emap = write_source(source, [(24 * MiB, D, "random")])
+    limit = 12e6  # bytes per second
+    options = UploadOptions(compress="none", bandwidth=limit)
+
+    started = time.monotonic()
+    result = upload(pairing, "slow", [DiskSource("sda", source, emap)], options=options)
+    elapsed = time.monotonic() - started
+
+    stats = result.disks["sda"]
+    assert stats.complete
+    # 24 MiB at 12 MB/s is 2.1 s, less the bucket's quarter-second burst.
+    assert stats.wire_bytes / elapsed <= limit * 1.15
+    assert elapsed >= 1.8
