@@ -90,11 +90,9 @@ class FerryApp(App[str | None]):
         return bool(self.kernel.get("ferry.mode"))
 
     def on_mount(self) -> None:
-        from converters import __version__
         from tui.screens.machine import MachineScreen
 
         self.theme = ANSI_THEME if self.ansi else THEME
-        self.sub_title = f"{__version__} live console"
         self.push_screen(MachineScreen())
         self.refresh_inventory()
         self.run_checks()

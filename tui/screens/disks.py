@@ -8,10 +8,11 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Header, Static
+from textual.widgets import DataTable, Footer, Static
 
 from converters.inventory import Machine
 from tui.widgets.disks import DiskDetail, DiskTable
+from tui.widgets.titlebar import TitleBar
 
 LEGEND = (
     "Flags: BOOT ferry's boot medium, rem removable, ro read-only, "
@@ -26,7 +27,7 @@ class DisksScreen(Screen):
     ]
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield TitleBar("Disks")
         yield DiskTable(classes="section")
         yield DiskDetail("Reading disks...", classes="section")
         yield Static(LEGEND, classes="hint")

@@ -7,9 +7,10 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import Footer, Header, Static
+from textual.widgets import Footer, Static
 
 from tui.flows import Outcome
+from tui.widgets.titlebar import TitleBar
 
 # Unattended runs carry out ferry.post= after this long, so that a
 # technician who is watching can still stop it with any key.
@@ -50,7 +51,7 @@ class DoneScreen(Screen):
         mark = "DONE" if o.ok else "FAILED"
         verdict = Static(f"{mark}: {o.title}", id="verdict")
         verdict.add_class("-ok" if o.ok else "-failed")
-        yield Header()
+        yield TitleBar(self.outcome.title)
         yield verdict
         yield Static(o.sentence, id="sentence")
         yield Static(Text.assemble(("Result: ", "bold"), o.where or "-"), id="where")

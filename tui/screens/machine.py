@@ -7,12 +7,13 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import Footer, Header, Static
+from textual.widgets import Footer, Static
 
 from converters.doctor import OK, Check
 from converters.inventory import Machine
 from tui import fmt
 from tui.widgets.nics import NicTable
+from tui.widgets.titlebar import TitleBar
 
 
 def system_text(machine: Machine) -> Text:
@@ -69,7 +70,7 @@ class MachineScreen(Screen):
         super().__init__(id="machine")
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield TitleBar("This machine")
         yield Static(
             "Reading firmware, CPUs, memory and disks...",
             id="system",

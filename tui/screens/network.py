@@ -6,11 +6,12 @@ from __future__ import annotations
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import Footer, Header, Label, Static
+from textual.widgets import Footer, Label, Static
 
 from converters.inventory import Machine
 from tui.widgets.nics import NicTable
 from tui.widgets.server import ServerField
+from tui.widgets.titlebar import TitleBar
 
 NOTE = (
     "Addresses come from the live environment's DHCP. How: DHCP (leased) or "
@@ -25,7 +26,7 @@ class NetworkScreen(Screen):
     ]
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield TitleBar("Network")
         yield NicTable(with_method=True, classes="section")
         yield Static(NOTE, classes="hint")
         yield Label("Server (pairing string from ferry serve)", classes="field-label")

@@ -6,13 +6,14 @@ from __future__ import annotations
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import Footer, Header, Input, Label, SelectionList, Static
+from textual.widgets import Footer, Input, Label, SelectionList, Static
 from textual.widgets.selection_list import Selection
 
 from converters.inventory import Disk, Machine
 from tui import fmt
 from tui.widgets.disks import label
 from tui.widgets.server import ServerField
+from tui.widgets.titlebar import TitleBar
 
 
 def default_choice(disk: Disk) -> bool:
@@ -31,7 +32,7 @@ class P2VScreen(Screen):
     """
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield TitleBar("P2V: capture this machine into a VM")
         yield Label("Server (pairing string from ferry serve)", classes="field-label")
         yield ServerField()
         yield Label("Disks to capture (space selects)", classes="field-label")

@@ -12,12 +12,13 @@ from textual.binding import Binding
 from textual.containers import Vertical
 from textual.reactive import reactive
 from textual.screen import Screen
-from textual.widgets import Footer, Header, RichLog, Static
+from textual.widgets import Footer, RichLog, Static
 
 from converters.events import Log, Progress, Step
 from tui.flows import Cancelled, Flow
 from tui.messages import FlowEnded, FlowEvent
 from tui.widgets.progress import DiskProgress
+from tui.widgets.titlebar import TitleBar
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class ProgressScreen(Screen):
         self._worker = None
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield TitleBar(self.flow.kind)
         yield Static(self.flow.title, id="title")
         yield Static("", id="step")
         yield Static("", id="link")

@@ -9,7 +9,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
-from textual.widgets import Footer, Header, Input, Label, OptionList, Select, Static
+from textual.widgets import Footer, Input, Label, OptionList, Select, Static
 from textual.widgets.option_list import Option
 
 from converters.inventory import Disk, Machine
@@ -18,6 +18,7 @@ from tui.deploy_link import Image, ImageDisk, Mapping
 from tui.messages import ImagesListed
 from tui.widgets.disks import label
 from tui.widgets.server import ServerField
+from tui.widgets.titlebar import TitleBar
 
 
 def fit_text(need: ImageDisk, disk: Disk | None) -> str:
@@ -50,7 +51,7 @@ class V2PScreen(Screen):
         self.image: Image | None = None
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield TitleBar("V2P: write a VM image onto this machine")
         yield Label("Image from the server (ctrl+l lists them)", classes="field-label")
         yield ServerField()
         yield Input(
