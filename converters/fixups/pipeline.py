@@ -1,8 +1,9 @@
 """The fixups in order, on any backend: inspect and check everything first
 (so an unsupported guest is refused before a byte changes), then pin NIC
-names, rewrite device names, make the UEFI fallback loader, rebuild every
-initramfs (which copies the .link files and the resume device in) and last
-regenerate grub (which picks up the new initramfs files and root=).
+names, disable other hypervisors' agents, rewrite device names, make the
+UEFI fallback loader, rebuild every initramfs (which copies the .link files
+and the resume device in) and last regenerate grub (which picks up the new
+initramfs files and root=).
 """
 
 from __future__ import annotations
@@ -11,7 +12,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from converters.events import EventStream
-from converters.fixups import bootloader, device_names, initramfs, inspect, nic_names
+from converters.fixups import (
+    agents,
+    bootloader,
+    device_names,
+    initramfs,
+    inspect,
+    nic_names,
+)
 from converters.fixups.device_names import SourceDisk
 from converters.fixups.guest import GuestOS, UnsupportedGuest
 from converters.fixups.inspect import GuestInfo
@@ -93,6 +101,11 @@ def pin_nics(ctx: Context) -> None:
         ctx.events.log("nic: no interface names to pin", "warning")
 
 
+def disable_agents(ctx: Context) -> None:
+    for line in agents.disable(ctx.guest):
+        ctx.events.log(f"agents: {line}")
+
+
 def rename_devices(ctx: Context) -> None:
     device_names.apply(ctx.guest, ctx.names)
     for old, new in sorted(ctx.names.renames.items()):
@@ -119,6 +132,7 @@ def regenerate_grub(ctx: Context) -> None:
 
 STEPS = (
     Step("pin NIC names", pin_nics),
+    Step("other hypervisors' agents", disable_agents),
     Step("device names to UUID", rename_devices),
     Step("UEFI fallback loader", uefi_fallback),
     Step("rebuild initramfs", rebuild_initramfs),
