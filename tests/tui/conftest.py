@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 MiB = 1 << 20
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.hookimpl(tryfirst=True)

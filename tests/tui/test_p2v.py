@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from textual import events
 from textual.widgets import Input, SelectionList
 
 from tests.integration.test_wire_support import Proxy
@@ -17,15 +18,24 @@ from tui.screens.progress import ProgressScreen
 SIZE = (80, 25)
 
 
-async def fill_p2v(pilot, server: str, disks: list[str], name: str) -> None:
-    """Machine screen -> P2V screen, filled in as a technician would."""
+async def fill_p2v(
+    pilot, server: str, disks: list[str], name: str, typed: bool = False
+) -> None:
+    """Machine screen -> P2V screen, filled in as a technician would: the
+    pairing string typed key by key (slow: 130 keys) or pasted, as a
+    terminal with bracketed paste delivers it."""
     await loaded(pilot, *disks)
     await pilot.press("p")
     screen = pilot.app.screen
     assert screen_name(pilot.app) == "P2VScreen"
     pairing = screen.query_one("#pairing", Input)
     assert pairing.has_focus  # the first thing to fill in
-    await pilot.press(*server)
+    if typed:
+        await pilot.press(*server)
+    else:
+        pairing.post_message(events.Paste(server))
+        await pilot.pause()
+    assert pairing.value == server
     picker = screen.query_one("#disks", SelectionList)
     # This host's own disks (and other tests' loop devices) are offered
     # too and chosen by default as fixed disks: keep only ours.
@@ -54,7 +64,9 @@ async def test_p2v_captures_loop_disks_until_the_server_says_complete(
     data = loop_disks("data", size_mib=48, fill_mib=6)
     app = create_app(include_loop=True)
     async with app.run_test(size=SIZE) as pilot:
-        await fill_p2v(pilot, str(pairing), [sys_disk.name, data.name], "tui-cap")
+        await fill_p2v(
+            pilot, str(pairing), [sys_disk.name, data.name], "tui-cap", typed=True
+        )
         await pilot.press("ctrl+t")
         status = pilot.app.screen.query_one(".status")
         await wait_for(pilot, lambda: "OK:" in str(status.render()), 30, "test")
