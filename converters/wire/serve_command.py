@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import logging
 import signal
 import sys
@@ -63,6 +64,9 @@ def main(args: argparse.Namespace) -> int:
     except OSError as e:
         print(f"ferry serve: cannot use storage {storage}: {e}", file=sys.stderr)
         return 1
+    # kill -USR1 prints every thread's stack to stderr: a hung transfer
+    # can be diagnosed on a host where no debugger is installed.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     # INFO lines of the wire reach whatever handler the CLI set up.
     logging.getLogger("converters").setLevel(logging.INFO)
     shown = args.advertise or advertised_host(host)

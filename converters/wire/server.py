@@ -31,6 +31,7 @@ from .sessions import Registry
 log = logging.getLogger(__name__)
 
 NAME = r"{%s:[A-Za-z0-9][A-Za-z0-9._-]{0,63}}"
+SHUTDOWN_TIMEOUT = 3.0
 
 
 @dataclass
@@ -310,7 +311,10 @@ async def run(
     """Serve until ``stop`` is set; ``ready(port)`` once listening."""
     protocol.bound_heap()
     app = create_app(storage_dir, identity.secret, settings)
-    runner = web.AppRunner(app, access_log=None)
+    # Requests still being received when a stop comes get this long, then
+    # are cancelled (their ranges were never acknowledged): a stop should
+    # not wait for clients that are themselves waiting on the server.
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT)
     await runner.setup()
     site = web.TCPSite(runner, host, port, ssl_context=ssl_context(identity))
     await site.start()
