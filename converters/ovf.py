@@ -159,6 +159,12 @@ def open_ova(path: Path) -> Ova:
             mf = next((n for n in members if n.lower().endswith(".mf")), None)
             if mf:
                 _verify(tar, members, tar.extractfile(mf).read().decode(), path.name)
+            else:
+                # No digests to check: at least every disk must be whole.
+                for d in machine.disks:
+                    with tar.extractfile(members[d.file]) as f:
+                        while f.read(1 << 20):
+                            pass
     except (tarfile.TarError, EOFError, OSError) as e:
         raise OvfError(f"{path.name} is not a readable OVA (truncated?): {e}") from None
     return Ova(path, machine)
