@@ -21,6 +21,7 @@ from converters.extents import ExtentMap, ExtentMapError
 from . import storage
 from .diskio import DiskIO
 from .errors import BadRequest, Conflict, NotFound, StorageFull
+from .journal import JournalError
 from .protocol import BODY_SLACK, MAX_CHUNK, valid_name
 from .storage import DiskRecord, SessionDir, SessionRecord
 
@@ -115,10 +116,16 @@ class Registry:
     def load_all(self) -> None:
         for path in sorted(self.root.iterdir()):
             sdir = SessionDir(path)
-            if valid_name(path.name) and sdir.exists():
+            if not (valid_name(path.name) and sdir.exists()):
+                continue
+            try:
                 record = sdir.load_record()
                 self.sessions[record.name] = Session(sdir, record, self._executor)
-                log.info("LOAD session=%s disks=%d", record.name, len(record.disks))
+            except (OSError, ValueError, KeyError, TypeError, JournalError) as e:
+                # One damaged session must not keep the others from resuming.
+                log.error("LOAD failed session=%s error=%s", path.name, e)
+                continue
+            log.info("LOAD session=%s disks=%d", record.name, len(record.disks))
 
     def get(self, name: str) -> Session:
         try:
