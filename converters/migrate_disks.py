@@ -132,7 +132,12 @@ class DiskMirror:
             self.pairs.append(DiskPair(key, node, there[key][0], size))
         if not self.pairs:
             raise DiskError("the source has no writable disk to copy")
-        await self.dst.execute("nbd-server-start", {"addr": self.nbd})
+        # nbd-server-start still takes the legacy form, {type, data: {...}}.
+        legacy = {
+            "type": self.nbd["type"],
+            "data": {k: v for k, v in self.nbd.items() if k != "type"},
+        }
+        await self.dst.execute("nbd-server-start", {"addr": legacy})
         self._server_started = True
         for p in self.pairs:
             await self.dst.execute(

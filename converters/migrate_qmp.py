@@ -30,26 +30,22 @@ from dataclasses import dataclass, field
 from qemu.qmp import QMPClient
 
 from converters.events import EventStream
+from converters.migrate_controls import (
+    ACTIVE,
+    FORCE_DOWNTIME_MS,
+    capabilities,
+    listen,
+    resume,
+    saved,
+    stamp,
+    throttle_parameters,
+    warn_tcg,
+)
 from converters.migrate_disks import DiskMirror, quietly
 from converters.migrate_endpoint import Endpoint, MigrationError, connect
 from converters.migrate_report import MigrationReport, MigrationRound
 from converters.migrate_rounds import RoundTracker
 from converters.precopy_policy import Action, PolicyParams, PrecopyPolicy
-
-# QEMU accepts a downtime-limit up to 2000 s (MAX_MIGRATE_DOWNTIME_SECONDS in
-# migration/migration.c); with it, the next convergence check always passes.
-FORCE_DOWNTIME_MS = 2_000_000
-ACTIVE = {"setup", "active", "pre-switchover", "device", "wait-unplug", "cancelling"}
-# What ferry changes on the source; restored when a migration is given up.
-SETTINGS = (
-    "downtime-limit",
-    "max-bandwidth",
-    "throttle-trigger-threshold",
-    "cpu-throttle-initial",
-    "cpu-throttle-increment",
-    "max-cpu-throttle",
-)
-CAPABILITIES = ("events", "auto-converge", "pause-before-switchover")
 
 
 @dataclass(frozen=True)
@@ -59,6 +55,7 @@ class MigrationOptions:
     policy: str = "seed"  # seed (ferry's rules) or qemu (QEMU decides alone)
     auto_converge: bool = False  # with policy qemu: QEMU's own auto-converge
     downtime: float = 0.3  # seconds: target, and QEMU's downtime-limit
+    max_downtime: float | None = None  # seconds: abort rather than pause longer
     bandwidth: int | None = None  # bytes/s: QEMU's max-bandwidth
     storage: str = "shared"  # shared, or copy: mirror the disks over NBD
     nbd: str | None = None  # destination NBD server: unix:/path, tcp:HOST:PORT
@@ -73,33 +70,10 @@ class MigrationOptions:
 
     def policy_params(self) -> PolicyParams:
         return dataclasses.replace(
-            PolicyParams.named(self.policy), downtime_target=self.downtime
+            PolicyParams.named(self.policy),
+            downtime_target=self.downtime,
+            max_downtime=self.max_downtime,
         )
-
-
-def throttle_parameters(level: int) -> dict[str, int]:
-    """Auto-converge settings that put QEMU's CPU throttle at `level`%.
-
-    QEMU takes an auto-converge step after two sync periods in which the
-    guest dirtied more than `throttle-trigger-threshold`% of what was sent
-    (migration_trigger_throttle, migration/ram.c); its first step goes to
-    `cpu-throttle-initial`, later ones add `cpu-throttle-increment`, capped
-    at `max-cpu-throttle`. Initial = max = level with a 1% trigger makes the
-    next step land on ferry's level. Before ferry throttles, a 100% trigger
-    and a cap of 1% (QEMU's minimum) leave the guest essentially alone."""
-    if level <= 0:
-        return {
-            "throttle-trigger-threshold": 100,
-            "cpu-throttle-initial": 1,
-            "cpu-throttle-increment": 1,
-            "max-cpu-throttle": 1,
-        }
-    return {
-        "throttle-trigger-threshold": 1,
-        "cpu-throttle-initial": level,
-        "cpu-throttle-increment": 99,
-        "max-cpu-throttle": level,
-    }
 
 
 @dataclass
@@ -126,6 +100,7 @@ class QmpMigration:
         self.source, self.dest, self.options = source, dest, options
         self.events = events or EventStream()
         self.report: MigrationReport | None = None
+        self.clock = time.monotonic  # rounds' times and bandwidths
         self._cancelled = False
 
     def cancel(self) -> None:
@@ -138,9 +113,10 @@ class QmpMigration:
             try:
                 return await self._run(src, dst)
             finally:
-                await dst.disconnect()
+                # A destination whose incoming migration failed has exited.
+                await quietly(dst.disconnect())
         finally:
-            await src.disconnect()
+            await quietly(src.disconnect())
 
     async def _run(self, src: QMPClient, dst: QMPClient) -> MigrationReport:
         o = self.options
@@ -200,11 +176,12 @@ class QmpMigration:
     async def _follow(self, s: _Session) -> None:
         o, report, src = self.options, s.report, s.src
         policy = PrecopyPolicy(o.policy_params(), report.memory + report.disk_size)
-        start = time.monotonic()
+        start = self.clock()
         disk = await s.mirror.status() if s.mirror else None
         tracker = RoundTracker(report.memory, start, disk)
         decided = mirrored = False
-        with src.listener(("MIGRATION_PASS", "MIGRATION", "STOP")) as listener:
+        names = ("MIGRATION_PASS", "MIGRATION", "STOP")
+        with src.listener(names) as listener, s.dst.listener("RESUME") as resumed:
             while True:
                 try:
                     async with asyncio.timeout(o.poll):
@@ -214,13 +191,13 @@ class QmpMigration:
                 listener.clear()
                 info = await src.execute("query-migrate")
                 status, ram = info.get("status", "none"), info.get("ram")
-                now = time.monotonic()
+                now = self.clock()
                 report.total_time = now - start
                 report.ram_bytes = ram["transferred"] if ram else report.ram_bytes
                 throttle = info.get("cpu-throttle-percentage", 0)
                 report.max_throttle = max(report.max_throttle, throttle)
                 if status == "completed":
-                    return await self._completed(s, info, listener.history)
+                    return await self._completed(s, info, listener, resumed)
                 if status in ("failed", "cancelled"):
                     report.reason = info.get("error-desc", f"QEMU reports {status}")
                     return await self._give_up(s)
@@ -286,7 +263,7 @@ class QmpMigration:
                 d.reason,
             )
 
-    async def _completed(self, s: _Session, info: dict, seen: tuple) -> None:
+    async def _completed(self, s: _Session, info: dict, stopped, resumed) -> None:
         report = s.report
         report.status = "completed"
         # QEMU sets "completed" a moment before it fills in the times
@@ -305,13 +282,12 @@ class QmpMigration:
             limit = round(self.options.downtime * 1000)
             report.ended_by = "qemu"
             report.reason = f"remaining / bandwidth <= downtime-limit {limit} ms"
-        with s.dst.listener("RESUME") as resumed:
-            report.destination_running = await resume(s.dst, s.was_running)
-            stops = [e for e in seen if e["event"] == "STOP"]
-            if stops and resumed.history and self.source.local and self.dest.local:
-                # Both QEMUs stamp events with the same host clock: the
-                # guest's pause as it lived it, destination start included.
-                report.downtime_observed = stamp(resumed.history[0]) - stamp(stops[0])
+        report.destination_running = await resume(s.dst, s.was_running)
+        stops = [e for e in stopped.history if e["event"] == "STOP"]
+        if stops and resumed.history and self.source.local and self.dest.local:
+            # Both QEMUs stamp events with the same host clock: the guest's
+            # pause as it lived it, the destination's start included.
+            report.downtime_observed = stamp(resumed.history[0]) - stamp(stops[0])
         if s.mirror:
             await s.mirror.cleanup()
         if report.destination_running is False:
@@ -351,66 +327,6 @@ class QmpMigration:
         self.events.log(
             f"migration {s.report.status}: {s.report.reason}; "
             f"the guest is {where} on the source",
-            "warning",
-        )
-
-
-def capabilities(states: dict[str, bool]) -> dict:
-    return {"capabilities": [{"capability": k, "state": v} for k, v in states.items()]}
-
-
-def stamp(event) -> float:
-    ts = event["timestamp"]
-    return ts["seconds"] + ts["microseconds"] / 1e6
-
-
-async def saved(src: QMPClient) -> dict:
-    """The source's settings that ferry changes, to restore on give-up."""
-    params = await src.execute("query-migrate-parameters")
-    caps = {
-        c["capability"]: c["state"]
-        for c in await src.execute("query-migrate-capabilities")
-    }
-    return {
-        "params": {k: params[k] for k in SETTINGS if k in params},
-        "caps": {k: caps.get(k, False) for k in CAPABILITIES},
-    }
-
-
-async def listen(dst: QMPClient, uri: str, events: EventStream) -> None:
-    """Have a `-incoming defer` destination listen on `uri`."""
-    try:
-        await dst.execute("migrate-incoming", {"uri": uri})
-    except Exception as e:  # noqa: BLE001 - started with -incoming URI instead
-        events.log(f"destination: {e}; assuming it listens already", "warning")
-
-
-async def resume(dst: QMPClient, was_running: bool, timeout: float = 60.0) -> bool:
-    """Wait for the destination to run; `cont` it if it was started with -S
-    (the documented NBD flow pauses it) while the source ran."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        state = await quietly(dst.execute("query-status"))
-        if state is None:
-            return False
-        if state["running"] or not was_running:
-            return True
-        if state["status"] in ("paused", "prelaunch"):
-            await quietly(dst.execute("cont"))
-        await asyncio.sleep(0.1)
-    return False
-
-
-async def warn_tcg(src: QMPClient, events: EventStream) -> None:
-    """QEMU before 9.0 can lose guest writes when it migrates a TCG guest
-    (fixed by QEMU commit 03bfc2188f; see tests/harness/migration_guest.py)."""
-    kvm = await quietly(src.execute("query-kvm"), {})
-    version = (await quietly(src.execute("query-version"), {})).get("qemu", {})
-    if not kvm.get("enabled") and version and version.get("major", 99) < 9:
-        events.log(
-            f"the source runs QEMU {version['major']}.{version['minor']} without "
-            "KVM: QEMU before 9.0 can lose guest writes while migrating a TCG "
-            "guest (QEMU commit 03bfc2188f)",
             "warning",
         )
 
