@@ -28,7 +28,9 @@ class EraseModal(ModalScreen[list[str] | None]):
     EraseModal .confirm-row { height: 1; }
     EraseModal .confirm-row Label { width: 12; }
     EraseModal .confirm-row Input { width: 1fr; }
-    EraseModal #mismatch { text-style: bold; color: $error; margin-top: 1; }
+    EraseModal #mismatch {
+        width: 100%; text-style: bold; color: $error; margin-top: 1;
+    }
     """
     BINDINGS = [
         Binding("escape", "cancel", "Cancel"),

@@ -12,6 +12,7 @@ from textual.widgets.selection_list import Selection
 from converters.inventory import Disk, Machine
 from tui import fmt
 from tui.widgets.disks import label
+from tui.widgets.picker import DiskPicker
 from tui.widgets.server import ServerField
 from tui.widgets.titlebar import TitleBar
 
@@ -35,8 +36,8 @@ class P2VScreen(Screen):
         yield TitleBar("P2V: capture this machine into a VM")
         yield Label("Server (pairing string from ferry serve)", classes="field-label")
         yield ServerField()
-        yield Label("Disks to capture (space selects)", classes="field-label")
-        yield SelectionList[str](id="disks", compact=True)
+        yield Label("Disks to capture", classes="field-label")
+        yield DiskPicker(id="disks", compact=True)
         yield Label("VM name", classes="field-label")
         yield Input(
             placeholder="name of the VM on the KVM host", id="name", compact=True
@@ -94,7 +95,9 @@ class P2VScreen(Screen):
             self.problem(f"Server: {e}.")
             return
         if not disks:
-            self.problem("Choose at least one disk (space selects).")
+            self.problem(
+                "Choose at least one disk: space selects the one under the cursor."
+            )
             return
         if not valid_name(name):
             self.problem("VM name: letters, digits, '.', '_' and '-', at most 64.")

@@ -12,6 +12,7 @@ from textual.widgets import Footer, Label, OptionList
 from textual.widgets.option_list import Option
 
 from tui.messages import LogsSaved
+from tui.widgets.picker import ChoiceList
 
 
 class SaveLogsModal(ModalScreen[None]):
@@ -33,8 +34,8 @@ class SaveLogsModal(ModalScreen[None]):
         found = candidates(machine, self.app.include_loop) if machine else []
         with Vertical() as box:
             box.border_title = "Save the log to a USB stick"
-            yield Label("Plug in a stick, choose it and press Enter:")
-            yield OptionList(
+            yield Label("Plug in a stick and choose where the log goes:")
+            yield ChoiceList(
                 *(Option(text, id=dev) for dev, text in found), compact=True
             )
             yield Label(

@@ -17,6 +17,7 @@ from tui import fmt
 from tui.deploy_link import Image, ImageDisk, Mapping
 from tui.messages import ImagesListed
 from tui.widgets.disks import label
+from tui.widgets.picker import ChoiceList
 from tui.widgets.server import ServerField
 from tui.widgets.titlebar import TitleBar
 
@@ -59,7 +60,7 @@ class V2PScreen(Screen):
             id="file",
             compact=True,
         )
-        yield OptionList(id="images", compact=True)
+        yield ChoiceList(id="images", compact=True)
         yield Label(
             "Target disks (the boot medium is not offered)", classes="field-label"
         )

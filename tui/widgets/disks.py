@@ -62,10 +62,10 @@ class DiskTable(DataTable):
         for name, width in (
             ("Disk", 7),
             ("Size", 10),
-            ("Bus", 6),
-            ("Model", 18),
+            ("Bus", 5),
+            ("Model", 15),
             ("Serial", 14),
-            ("Flags", 12),
+            ("Flags", 15),
         ):
             self.add_column(name, width=width, key=name.lower())
 
@@ -100,7 +100,7 @@ class DiskDetail(Static):
 
 def describe(disk: Disk) -> Text:
     text = Text()
-    text.append(f"{disk.path}", style="bold")
+    text.append(disk.path, style="bold")
     text.append(f"  {fmt.size(disk.size)}  {bus(disk)}")
     for value in (disk.model, disk.serial):
         if value:
@@ -125,5 +125,6 @@ def describe(disk: Disk) -> Text:
         holders = ", ".join(disk.holders)
         words.append(f"{kind} member" + (f" ({holders})" if holders else ""))
     if words:
-        text.append("  " + "; ".join(words), style="bold")
+        line = "; ".join(words)
+        text.append(line[0].upper() + line[1:] + ".", style="bold")
     return text

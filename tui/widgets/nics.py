@@ -22,8 +22,10 @@ class NicTable(DataTable):
     def __init__(self, with_method: bool = False, **kwargs) -> None:
         super().__init__(cursor_type="row", **kwargs)
         self.with_method = with_method
-        columns = [("NIC", 9), ("MAC", 17), ("Link", 4), ("Address", 26)]
-        columns += [("How", 6)] if with_method else [("Driver", 11)]
+        # 78 columns inside a border: the widths plus one cell of padding
+        # on each side of each column.
+        columns = [("NIC", 9), ("MAC", 17), ("Link", 4), ("Address", 24)]
+        columns += [("How", 6)] if with_method else [("Driver", 12)]
         for name, width in columns:
             self.add_column(name, width=width, key=name.lower())
 
