@@ -91,9 +91,13 @@ def _rebuild(guest: GuestOS, info: GuestInfo, kernel: Kernel) -> None:
         raise FixupError("no initramfs tool in the guest")
 
 
-def listing(guest: GuestOS, kernel: Kernel) -> str:
-    """The file list of a kernel's initramfs, by whichever lister it has."""
-    for tool in ("lsinitramfs", "lsinitrd"):
+def listing(guest: GuestOS, info: GuestInfo, kernel: Kernel) -> str:
+    """The file list of a kernel's initramfs, by the lister of the tool that
+    made it when the guest has it (Debian's dracut also ships lsinitramfs)."""
+    order = ["lsinitramfs", "lsinitrd"]
+    if info.initramfs_tool == "dracut":
+        order.reverse()
+    for tool in order:
         if find_program(guest, tool):
             return guest.run_command([tool, kernel.initramfs])
     raise FixupError("neither lsinitramfs nor lsinitrd in the guest to verify with")
@@ -110,9 +114,9 @@ def missing_from_image(text: str, modules, builtin: set[str]) -> list[str]:
     return gaps
 
 
-def verify(guest: GuestOS, kernel: Kernel, modules) -> None:
+def verify(guest: GuestOS, info: GuestInfo, kernel: Kernel, modules) -> None:
     _, builtin = shipped(guest, kernel)
-    gaps = missing_from_image(listing(guest, kernel), modules, builtin)
+    gaps = missing_from_image(listing(guest, info, kernel), modules, builtin)
     if gaps:
         raise FixupError(f"{kernel.initramfs} was rebuilt but lacks {', '.join(gaps)}")
 
@@ -133,6 +137,6 @@ def ensure_modules(
         if events:
             events.log(f"initramfs: {info.initramfs_tool} for {kernel.version}")
         _rebuild(guest, info, kernel)
-        verify(guest, kernel, modules)
+        verify(guest, info, kernel, modules)
         if events:
             events.log(f"initramfs: {kernel.initramfs} holds {' '.join(modules)}")
