@@ -7,6 +7,7 @@ that TERM=linux gets."""
 from __future__ import annotations
 
 from textual import events
+from textual.widgets import Input
 
 from tests.tui import fixed
 from tests.tui.conftest import wait_for
@@ -15,6 +16,22 @@ from tui.flows import Outcome
 from tui.messages import ImagesListed
 
 SIZE = (80, 25)
+
+
+async def steady(pilot) -> None:
+    """A blinking cursor is on or off depending on the millisecond the
+    picture is taken: hold it on."""
+    for field in pilot.app.screen.query(Input):
+        field.cursor_blink = False
+    await pilot.pause()
+
+
+def shot(snap_compare, run, ansi: bool = False) -> bool:
+    async def run_before(pilot):
+        await run(pilot)
+        await steady(pilot)
+
+    return snap_compare(app(ansi), terminal_size=SIZE, run_before=run_before)
 
 
 def app(ansi: bool = False):
@@ -35,7 +52,7 @@ async def paste(pilot, selector: str, text: str) -> None:
 
 
 def test_machine(snap_compare):
-    assert snap_compare(app(), terminal_size=SIZE, run_before=ready)
+    assert shot(snap_compare, ready)
 
 
 def test_disks_with_the_boot_medium_under_the_cursor(snap_compare):
@@ -43,7 +60,7 @@ def test_disks_with_the_boot_medium_under_the_cursor(snap_compare):
         await ready(pilot)
         await pilot.press("d", "down", "down")
 
-    assert snap_compare(app(), terminal_size=SIZE, run_before=run)
+    assert shot(snap_compare, run)
 
 
 def test_network(snap_compare):
@@ -51,7 +68,7 @@ def test_network(snap_compare):
         await ready(pilot)
         await pilot.press("n")
 
-    assert snap_compare(app(), terminal_size=SIZE, run_before=run)
+    assert shot(snap_compare, run)
 
 
 def test_p2v_form(snap_compare):
@@ -60,7 +77,7 @@ def test_p2v_form(snap_compare):
         await pilot.press("p")
         await paste(pilot, "#pairing", fixed.PAIRING)
 
-    assert snap_compare(app(), terminal_size=SIZE, run_before=run)
+    assert shot(snap_compare, run)
 
 
 def test_p2v_form_with_a_problem(snap_compare):
@@ -70,7 +87,7 @@ def test_p2v_form_with_a_problem(snap_compare):
         await paste(pilot, "#pairing", "10.0.0.5:7420")
         await pilot.press("ctrl+g")
 
-    assert snap_compare(app(), terminal_size=SIZE, run_before=run)
+    assert shot(snap_compare, run)
 
 
 async def open_v2p(pilot) -> None:
@@ -86,7 +103,7 @@ async def open_v2p(pilot) -> None:
 
 
 def test_v2p_mapping(snap_compare):
-    assert snap_compare(app(), terminal_size=SIZE, run_before=open_v2p)
+    assert shot(snap_compare, open_v2p)
 
 
 def test_v2p_confirmation(snap_compare):
@@ -95,7 +112,7 @@ def test_v2p_confirmation(snap_compare):
         await pilot.press("ctrl+g")
         await pilot.press(*"sda", "enter", *"wrong", "enter")
 
-    assert snap_compare(app(), terminal_size=SIZE, run_before=run)
+    assert shot(snap_compare, run)
 
 
 async def scripted(pilot, lost_link: bool = False) -> None:
@@ -108,14 +125,14 @@ async def scripted(pilot, lost_link: bool = False) -> None:
 
 
 def test_p2v_progress(snap_compare):
-    assert snap_compare(app(), terminal_size=SIZE, run_before=scripted)
+    assert shot(snap_compare, scripted)
 
 
 def test_p2v_progress_reconnecting_in_16_colours(snap_compare):
     async def run(pilot):
         await scripted(pilot, lost_link=True)
 
-    assert snap_compare(app(ansi=True), terminal_size=SIZE, run_before=run)
+    assert shot(snap_compare, run, ansi=True)
 
 
 def test_cancel_asks_first(snap_compare):
@@ -123,7 +140,7 @@ def test_cancel_asks_first(snap_compare):
         await scripted(pilot)
         await pilot.press("c")
 
-    assert snap_compare(app(), terminal_size=SIZE, run_before=run)
+    assert shot(snap_compare, run)
 
 
 DONE = Outcome(
@@ -155,11 +172,11 @@ def outcome(o: Outcome):
 
 
 def test_done(snap_compare):
-    assert snap_compare(app(), terminal_size=SIZE, run_before=outcome(DONE))
+    assert shot(snap_compare, outcome(DONE))
 
 
 def test_failed(snap_compare):
-    assert snap_compare(app(), terminal_size=SIZE, run_before=outcome(FAILED))
+    assert shot(snap_compare, outcome(FAILED))
 
 
 def test_save_logs(snap_compare):
@@ -167,7 +184,7 @@ def test_save_logs(snap_compare):
         await outcome(DONE)(pilot)
         await pilot.press("l")
 
-    assert snap_compare(app(), terminal_size=SIZE, run_before=run)
+    assert shot(snap_compare, run)
 
 
 def test_quit_asks_first(snap_compare):
@@ -175,4 +192,4 @@ def test_quit_asks_first(snap_compare):
         await ready(pilot)
         await pilot.press("q")
 
-    assert snap_compare(app(), terminal_size=SIZE, run_before=run)
+    assert shot(snap_compare, run)
