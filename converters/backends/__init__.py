@@ -54,7 +54,7 @@ def _resolve(target: str | os.PathLike):
         raise Unsupported(f"no storage backend for {scheme!r}") from None
 
 
-def open(target: str | os.PathLike, mode: str = "r", **options):  # noqa: A001
+def open(target: str | os.PathLike, mode: str = "r", **options):
     module, path = _resolve(target)
     return module.open(path, mode, **options)
 

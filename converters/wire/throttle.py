@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import threading
 import time
+from collections.abc import Iterator
 
 # Slices of this size are sent between bucket checks: 256 KiB at 10 Mbit/s is
 # 0.2 s, short enough that the rate looks steady to whoever shares the link.
@@ -57,7 +58,7 @@ class TokenBucket:
         if wait > 0:
             time.sleep(wait)
 
-    def slices(self, data) -> object:
+    def slices(self, data) -> Iterator[memoryview]:
         """``data`` in slices, each paid for before it is yielded."""
         view = memoryview(data)
         for pos in range(0, len(view), SLICE):
