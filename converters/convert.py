@@ -26,7 +26,6 @@ from pathlib import Path
 from converters.events import Event, EventStream, Log, Step
 from converters.fixups import guestfs_backend, pipeline
 from converters.fixups.device_names import SourceDisk
-from converters.fixups.guest import FixupError
 from converters.fixups.inspect import GuestInfo
 from converters.fixups.nic_names import NicPin
 from converters.inventory import Machine
@@ -259,7 +258,7 @@ def convert(
             fmts = ["qcow2"] * len(overlays)
             with guestfs_backend.open_guest(overlays, fmts) as guest:
                 ctx = pipeline.run(guest, request, events, steps)
-        except (FixupError, RuntimeError, OSError) as e:
+        except Exception as e:  # FixupError, guestfs' RuntimeError, OSError...
             _discard(overlays)
             events.log(f"conversion failed, disks unchanged: {e}", "error")
             raise ConversionError(str(e)) from e

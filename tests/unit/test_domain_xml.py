@@ -3,12 +3,13 @@ valid by libvirt's own schema, and the same machine as the QEMU line."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from converters import accel, qemu_cmdline
-from converters.domain import builder, devices
+from converters.domain import builder, define, devices
 from converters.domain.domain import Domain
 from converters.domain.firmware import Ovmf
 from converters.domain.spec import (
@@ -19,6 +20,7 @@ from converters.domain.spec import (
     parse_memory,
     vcpus,
 )
+from converters.events import EventStream
 
 DATA = Path(__file__).parent / "data"
 OVMF = Ovmf(
@@ -123,3 +125,37 @@ def test_sizes_follow_the_inventory_within_caps():
     assert memory_mib(None, 512 << 30) == 16384  # capped; --memory overrides
     assert memory_mib(65536, None) == 65536
     assert vcpus(None, 64) == 8 and vcpus(None, None) == 2 and vcpus(12, 2) == 12
+
+
+def test_domain_files_are_written_and_defined_when_libvirt_answers(tmp_path):
+    pytest.importorskip("libvirt")
+    spec = replace(
+        SPECS["domain-uefi.xml"],
+        nvram=tmp_path / "vm_VARS.fd",
+        ovmf=Ovmf(OVMF.code, _vars_template(tmp_path)),
+    )
+    files = define.write(spec, tmp_path, EventStream(), "test:///default")
+    assert files.defined_at == "test:///default"
+    assert files.xml.read_text() == builder.build(spec).to_xml()
+    assert files.nvram.read_bytes() == b"VARS"  # a fresh copy of the template
+    script = files.qemu_script.read_text()
+    assert script.startswith("#!/bin/sh\n") and "virtio-net-pci" in script
+
+
+def test_unreachable_libvirt_leaves_the_virsh_line(tmp_path):
+    spec = replace(SPECS["domain-bios.xml"])
+    events = EventStream()
+    said = []
+    events.subscribe(lambda e: said.append(getattr(e, "message", "")))
+    uri = f"qemu+unix:///system?socket={tmp_path}/no-such.sock"
+    files = define.write(spec, tmp_path, events, uri)
+    assert files.defined_at == ""
+    assert files.virsh_define == f"virsh -c {uri} define {tmp_path}/phys-bios.xml"
+    assert any(files.virsh_define in s for s in said)
+    assert files.xml.exists() and files.nvram is None
+
+
+def _vars_template(tmp_path):
+    template = tmp_path / "template_VARS.fd"
+    template.write_bytes(b"VARS")
+    return template
