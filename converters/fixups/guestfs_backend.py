@@ -46,6 +46,7 @@ class Guest:
     def __init__(self, g, root: str) -> None:
         self.g = g
         self.root = root  # the inspection root device
+        self._filesystems: list[Filesystem] | None = None
 
     def read(self, path: str) -> str:
         return self.g.read_file(path).decode("utf-8", "surrogateescape")
@@ -98,6 +99,12 @@ class Guest:
         return [Mount(dev, mp) for dev, mp in self.g.mountpoints().items()]
 
     def filesystems(self) -> list[Filesystem]:
+        # Conversions make no filesystems: ask the appliance once.
+        if self._filesystems is None:
+            self._filesystems = self._list_filesystems()
+        return list(self._filesystems)
+
+    def _list_filesystems(self) -> list[Filesystem]:
         g = self.g
         devices = g.list_devices()
         partitions = set(g.list_partitions())

@@ -109,7 +109,7 @@ def find_program(guest: GuestOS, name: str) -> str:
     return ""
 
 
-def _kernels(guest: GuestOS, tool: str) -> list[Kernel]:
+def _kernels(guest: GuestOS, tool: str, family: str) -> list[Kernel]:
     found = []
     for modules in guest.glob("/lib/modules/*"):
         version = posixpath.basename(modules)
@@ -120,7 +120,8 @@ def _kernels(guest: GuestOS, tool: str) -> list[Kernel]:
         # dracut installs use initramfs-V.img.
         candidates = [f"/boot/initrd.img-{version}", f"/boot/initramfs-{version}.img"]
         existing = [c for c in candidates if guest.exists(c)]
-        default = candidates[1] if tool == "dracut" and not existing else candidates[0]
+        fedora_style = tool == "dracut" and family != "debian"
+        default = candidates[1] if fedora_style else candidates[0]
         found.append(Kernel(version, image, (existing or [default])[0], modules))
     return sorted(found, key=lambda k: k.version)
 
@@ -162,6 +163,7 @@ def inspect(guest: GuestOS) -> GuestInfo:
             os_release = guest.read(path)
             break
     osr = parse_os_release(os_release)
+    family = family_of(osr.get("ID", ""), osr.get("ID_LIKE", ""))
     tool = _initramfs_tool(guest)
     grub = _grub(guest)
     mounts = guest.mounts()
@@ -179,11 +181,11 @@ def inspect(guest: GuestOS) -> GuestInfo:
     )
     return GuestInfo(
         os_id=osr.get("ID", ""),
-        family=family_of(osr.get("ID", ""), osr.get("ID_LIKE", "")),
+        family=family,
         version=osr.get("VERSION_ID", ""),
         pretty_name=osr.get("PRETTY_NAME", ""),
         hostname=hostname,
-        kernels=tuple(_kernels(guest, tool)),
+        kernels=tuple(_kernels(guest, tool, family)),
         initramfs_tool=tool,
         grub=grub,
         firmware=_firmware(grub, by_point.get(esp_point, ""), loaders),
