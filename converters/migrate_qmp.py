@@ -205,6 +205,8 @@ class QmpMigration:
                     if s.mirror and not mirrored:
                         mirrored = True
                         report.disk_bytes = (await s.mirror.complete()).copied
+                        took = (self.clock() - now) * 1000
+                        self.events.log(f"disks in sync after {took:.0f} ms paused")
                     await src.execute("migrate-continue", {"state": "pre-switchover"})
                     continue
                 late = o.timeout is not None and report.total_time > o.timeout

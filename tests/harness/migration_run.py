@@ -43,7 +43,7 @@ class Outcome:
     """One hop: the engine's report and the writer's progress lines."""
 
     report: MigrationReport
-    before: list[Progress]  # on the source before the hop
+    before: list[Progress]  # on the source before the hop (or the baseline)
     during: list[Progress]  # on the source while it ran
     after: list[Progress]  # where the guest ran after it
     source_console: str
@@ -55,7 +55,7 @@ class Outcome:
     @property
     def slowdown(self) -> float | None:
         """How much the writer's page rate fell while migrating."""
-        base = [p.rate for p in self.before[1:]]
+        base = [p.rate for p in self.before[-3:]]
         now = [p.rate for p in self.during]
         if not base or not now or sum(base) == 0:
             return None
@@ -95,8 +95,14 @@ class GuestSession:
         settle: float = 3.0,
         cancel_after: float | None = None,
         kill_dest_after: float | None = None,
+        baseline: int = 0,
     ) -> Outcome:
-        src, dst = self.current, self._guest(incoming=True).start()
+        """Migrate the guest to a new QEMU; with `baseline`, first wait
+        for that many fresh progress lines to measure the writer's rate."""
+        src = self.current
+        seen = len(src.progress())
+        src.wait_for(r"FERRY-WRITER t=", 10 + 2 * baseline, count=seen + baseline)
+        dst = self._guest(incoming=True).start()
         incoming = self.workdir / f"in{self.hops}.sock"
         with Link(self.workdir / f"link{self.hops}.sock", incoming, LINK) as link:
             options = MigrationOptions(
@@ -115,6 +121,7 @@ class GuestSession:
                 lambda e: isinstance(e, MigrationRound) and rounds.append(e)
             )
             before = src.progress()
+            baseline_lines = before[seen:] if baseline else before
             report = _run(
                 src, dst, options, events, offline, cancel_after, kill_dest_after
             )
@@ -126,7 +133,7 @@ class GuestSession:
             after = src.progress()[len(before) + len(during) :]
         outcome = Outcome(
             report,
-            before,
+            baseline_lines,
             during,
             after,
             src.console(),
