@@ -148,3 +148,13 @@ def test_sources_are_session_folders_or_disk_paths(session, tmp_path):
     empty.mkdir()
     with pytest.raises(convert.ConversionError, match="holds no captured disks"):
         convert.load_source([empty])
+
+
+def test_an_incomplete_capture_is_not_converted(session):
+    record = {"name": "s1", "disks": [{"name": "sda", "size": 4 << 20, "complete": False}]}
+    (session / "session.json").write_text(json.dumps(record))
+    with pytest.raises(convert.ConversionError, match="capture of sda is not complete"):
+        convert.load_source([session])
+    record["disks"][0]["complete"] = True
+    (session / "session.json").write_text(json.dumps(record))
+    assert convert.load_source([session]).disks == (session / "sda.qcow2",)
