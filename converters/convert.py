@@ -93,10 +93,14 @@ def _session_source(folder: Path) -> Source:
         inventory = Machine.from_json(data) if data else None
     names: list[str] = []
     if (folder / "session.json").exists():
-        names = [
-            d["name"]
-            for d in json.loads((folder / "session.json").read_text())["disks"]
-        ]
+        records = json.loads((folder / "session.json").read_text())["disks"]
+        names = [d["name"] for d in records]
+        # a capture still running (or cut off) is not a disk to convert
+        partial = [d["name"] for d in records if not d.get("complete", True)]
+        if partial:
+            raise ConversionError(
+                f"{folder}: the capture of {', '.join(partial)} is not complete"
+            )
     elif inventory:
         names = [d.name for d in inventory.disks]
     if names:
