@@ -19,6 +19,10 @@ COMMAND_MODULES = [
     "converters.doctor",
     "converters.wire.serve_command",
     "converters.capture_command",
+    "converters.convert_command",
+    "converters.import_command",
+    "converters.migrate_command",
+    "tui.command",
 ]
 
 
