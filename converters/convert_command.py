@@ -65,27 +65,50 @@ def _options(args) -> DomainOptions:
     return DomainOptions(args.name, args.vcpus, memory, args.network)
 
 
+def convert_and_write_domain(
+    sources: list[Path],
+    events: EventStream,
+    options: DomainOptions | None = None,
+    libvirt_uri: str | None = None,
+    pin_nics: bool = True,
+) -> tuple[convert.Conversion, define.DomainFiles]:
+    """The whole of `ferry convert`, for `ferry serve` to run when a capture
+    completes. Raises convert.ConversionError (disks unchanged) or
+    DomainError."""
+    source = convert.load_source(sources)
+    result = convert.convert(source, events, pin_nics=pin_nics)
+    spec = spec_for(result, options or DomainOptions())
+    return result, define.write(spec, source.directory, events, libvirt_uri)
+
+
 def main(args) -> int:
     options = _options(args)
     events = EventStream()
     events.subscribe(print_listener(sys.stderr))
-    try:
-        source = convert.load_source(args.sources)
-        result = convert.convert(source, events, pin_nics=args.pin_nics)
-    except convert.ConversionError as e:
-        log = _log_path(args.sources)
-        raise FerryError(f"{e}; the disks are unchanged (log: {log})") from None
     if not args.domain:
+        try:
+            convert.convert(
+                convert.load_source(args.sources), events, pin_nics=args.pin_nics
+            )
+        except convert.ConversionError as e:
+            raise FerryError(_failed(e, args.sources)) from None
         return 0
     try:
-        spec = spec_for(result, options)
+        _, files = convert_and_write_domain(
+            args.sources, events, options, args.libvirt, args.pin_nics
+        )
+    except convert.ConversionError as e:
+        raise FerryError(_failed(e, args.sources)) from None
     except DomainError as e:
-        raise FerryError(str(e)) from None
-    files = define.write(spec, source.directory, events, args.libvirt)
+        raise FerryError(f"converted, but no domain: {e}") from None
     print(files.xml)
     if not files.defined_at:
         print(files.virsh_define)
     return 0
+
+
+def _failed(error: Exception, sources: list[Path]) -> str:
+    return f"{error}; the disks are unchanged (log: {_log_path(sources)})"
 
 
 def _log_path(sources: list[Path]) -> Path:
