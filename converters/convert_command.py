@@ -66,16 +66,15 @@ def _options(args) -> DomainOptions:
 
 
 def convert_and_write_domain(
-    sources: list[Path],
+    source: convert.Source,
     events: EventStream,
     options: DomainOptions | None = None,
     libvirt_uri: str | None = None,
     pin_nics: bool = True,
 ) -> tuple[convert.Conversion, define.DomainFiles]:
     """The whole of `ferry convert`, for `ferry serve` to run when a capture
-    completes. Raises convert.ConversionError (disks unchanged) or
-    DomainError."""
-    source = convert.load_source(sources)
+    completes (`source` from convert.load_source([session_dir])). Raises
+    convert.ConversionError (disks unchanged) or DomainError."""
     result = convert.convert(source, events, pin_nics=pin_nics)
     spec = spec_for(result, options or DomainOptions())
     return result, define.write(spec, source.directory, events, libvirt_uri)
@@ -85,17 +84,16 @@ def main(args) -> int:
     options = _options(args)
     events = EventStream()
     events.subscribe(print_listener(sys.stderr))
-    if not args.domain:
-        try:
-            convert.convert(
-                convert.load_source(args.sources), events, pin_nics=args.pin_nics
-            )
-        except convert.ConversionError as e:
-            raise FerryError(_failed(e, args.sources)) from None
-        return 0
     try:
+        source = convert.load_source(args.sources)
+    except convert.ConversionError as e:
+        raise FerryError(str(e)) from None
+    try:
+        if not args.domain:
+            convert.convert(source, events, pin_nics=args.pin_nics)
+            return 0
         _, files = convert_and_write_domain(
-            args.sources, events, options, args.libvirt, args.pin_nics
+            source, events, options, args.libvirt, args.pin_nics
         )
     except convert.ConversionError as e:
         raise FerryError(_failed(e, args.sources)) from None
