@@ -37,4 +37,4 @@ def test_the_bucket_holds_the_rate_after_its_burst():
     sent = sum(len(piece) for piece in bucket.slices(bytes(2 << 20)))
     elapsed = time.monotonic() - started
     assert sent == 2 << 20
-    assert 0.35 <= elapsed <= 1.0  # 0.5 s for 2 MiB, less the burst
+    assert 0.35 <= elapsed <= 2.0  # 0.5 s for 2 MiB, less the burst; busy CI
