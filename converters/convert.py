@@ -241,7 +241,7 @@ def convert(
     events: EventStream,
     *,
     pin_nics: bool = True,
-    steps: tuple[pipeline.Step, ...] = pipeline.STEPS,
+    steps: tuple[pipeline.Step, ...] | None = None,
 ) -> Conversion:
     """Convert the guest on `source.disks` in place, all or nothing."""
     started = time.monotonic()
@@ -261,7 +261,7 @@ def convert(
             events.step("open guest", "libguestfs appliance")
             fmts = ["qcow2"] * len(overlays)
             with guestfs_backend.open_guest(overlays, fmts) as guest:
-                ctx = pipeline.run(guest, request, events, steps)
+                ctx = pipeline.run(guest, request, events, steps or pipeline.STEPS)
         except Exception as e:  # FixupError, guestfs' RuntimeError, OSError...
             _discard(overlays)
             events.log(f"conversion failed, disks unchanged: {e}", "error")

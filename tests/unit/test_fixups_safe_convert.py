@@ -151,10 +151,61 @@ def test_sources_are_session_folders_or_disk_paths(session, tmp_path):
 
 
 def test_an_incomplete_capture_is_not_converted(session):
-    record = {"name": "s1", "disks": [{"name": "sda", "size": 4 << 20, "complete": False}]}
+    record = {
+        "name": "s1",
+        "disks": [{"name": "sda", "size": 4 << 20, "complete": False}],
+    }
     (session / "session.json").write_text(json.dumps(record))
     with pytest.raises(convert.ConversionError, match="capture of sda is not complete"):
         convert.load_source([session])
     record["disks"][0]["complete"] = True
     (session / "session.json").write_text(json.dumps(record))
     assert convert.load_source([session]).disks == (session / "sda.qcow2",)
+
+
+def run_cli(*argv: str) -> int:
+    import argparse
+
+    from converters import convert_command
+
+    parser = argparse.ArgumentParser(prog="ferry")
+    convert_command.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["convert", *argv])
+    return args.func(args)
+
+
+def test_cli_converts_and_writes_the_domain(
+    session, fake_appliance, capsys, monkeypatch
+):
+    # only the pipeline's own steps would need a real guest; skip them here
+    monkeypatch.setattr(pipeline, "STEPS", (pipeline.Step("n", noop),))
+    code = run_cli(str(session), "--name", "web 1", "--memory", "3G", "--vcpus", "3")
+    assert code == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out == [
+        f"{session}/web-1.xml",
+        f"virsh -c qemu:///system define {session}/web-1.xml",
+    ]
+    xml = (session / "web-1.xml").read_text()
+    assert '<memory unit="MiB">3072</memory>' in xml and "<vcpu>3</vcpu>" in xml
+    assert '<mac address="52:54:00:fe:01:01"/>' in xml
+
+
+def test_cli_reports_an_unsupported_guest_as_one_line(session, tmp_path, monkeypatch):
+    from converters.cli import FerryError
+    from converters.fixups.guest import Mount
+    from tests.unit.fake_guest import FEDORA, FakeGuest
+
+    @contextmanager
+    def fedora(disks, formats=None, readonly=False):
+        yield FakeGuest(tmp_path / "g", [], [Mount("/dev/sda1", "/")]).put(
+            "/etc/os-release", FEDORA
+        )
+
+    monkeypatch.setattr(guestfs_backend, "open_guest", fedora)
+    before = sha256(session / "sda.qcow2")
+    with pytest.raises(
+        FerryError, match=r"(?s)support for the rhel family.*disks are unchanged"
+    ):
+        run_cli(str(session))
+    assert sha256(session / "sda.qcow2") == before
