@@ -44,7 +44,7 @@ from .protocol import (
     valid_name,
 )
 from .retry import Backoff, retry_call
-from .sources import DiskSource, Item, Job, interleave, read_into
+from .sources import DiskSource, Item, Job, interleave, read_buffer, read_into
 from .throttle import TokenBucket
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,8 @@ class UploadOptions:
     # Give up when the server stays unreachable this long (a reboot of the
     # KVM host fits in it).
     retry_timeout: float = 600.0
+    # Read block devices with O_DIRECT (falls back where it is refused).
+    direct: bool = False
 
 
 @dataclass
@@ -129,7 +131,8 @@ class _Uploader:
                 self.result.disks[source.name] = stats
                 stats.complete = source.name in done
                 if not stats.complete:
-                    jobs.append(Job(source, stats, Meter(stats, self.events)))
+                    meter = Meter(stats, self.events)
+                    jobs.append(Job(source, stats, meter, self.options.direct))
             self._rounds(control, jobs)
         finally:
             control.close()
@@ -213,7 +216,7 @@ class _Uploader:
     def _worker(self, q: queue.Queue, stop: threading.Event, failures: list) -> None:
         client = WireClient(self.pairing)
         encoder = Encoder(self.options.compress)
-        buf = bytearray(self.options.chunk_size)
+        buf = read_buffer(self.options.chunk_size)
         try:
             while (item := q.get()) is not None:
                 if stop.is_set():
@@ -265,7 +268,7 @@ class _Uploader:
             client.zero(session, job.name, item.offset, item.length)
             job.meter.add(zeroed=item.length, resent=resent)
             return
-        view = read_into(job, memoryview(buf)[: item.length], item.offset)
+        view = read_into(job, buf, item.offset, item.length)
         if is_zero(view):
             client.zero(session, job.name, item.offset, item.length)
             job.meter.add(item.length, zero_detected=item.length, resent=resent)

@@ -8,6 +8,7 @@ sends the same ranges and the receiver's journal merges them into few.
 
 from __future__ import annotations
 
+import mmap
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +19,9 @@ from .errors import TransferError
 from .progress import DiskStats, Meter
 from .protocol import MAX_ZERO
 from .ranges import RangeSet
+
+# O_DIRECT alignment: the largest logical sector size in use.
+ALIGN = 4096
 
 
 @dataclass
@@ -47,14 +51,28 @@ class Job:
     """One disk being sent: its open source, map, counters and what the
     server said it has at the start of the round."""
 
-    def __init__(self, source: DiskSource, stats: DiskStats, meter: Meter):
+    def __init__(
+        self,
+        source: DiskSource,
+        stats: DiskStats,
+        meter: Meter,
+        direct: bool = False,
+    ):
         self.source = source
         self.name = source.name
         self.emap = source.extents
         self.stats = stats
         self.meter = meter
-        self.fd = os.open(source.path, os.O_RDONLY)
-        os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        self.direct = False
+        if direct:
+            try:
+                self.fd = os.open(source.path, os.O_RDONLY | os.O_DIRECT)
+                self.direct = True
+            except OSError:  # tmpfs and some others have no O_DIRECT
+                pass
+        if not self.direct:
+            self.fd = os.open(source.path, os.O_RDONLY)
+            os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
         self.committed = RangeSet()
 
     def items(self, chunk: int) -> Iterator[Item]:
@@ -81,17 +99,35 @@ class Job:
         os.close(self.fd)
 
 
-def read_into(job: Job, view: memoryview, offset: int) -> memoryview:
+def read_buffer(chunk_size: int) -> memoryview:
+    """A worker's read buffer: page-aligned (an anonymous mmap) so that
+    O_DIRECT reads land in it, with room to round a request out to
+    ``ALIGN`` on both ends."""
+    return memoryview(mmap.mmap(-1, chunk_size + 2 * ALIGN))
+
+
+def read_into(job: Job, buf: memoryview, offset: int, length: int) -> memoryview:
+    """``length`` bytes of the source at ``offset``, as a view into ``buf``.
+
+    With O_DIRECT the read is rounded out to ``ALIGN`` (device sectors are
+    512 or 4096 bytes) and the request's bytes are sliced from it: the data
+    goes from the device to the buffer without a page-cache copy, and a
+    live system running from RAM keeps its memory for itself."""
+    start = offset - offset % ALIGN if job.direct else offset
+    end = -(-(offset + length) // ALIGN) * ALIGN if job.direct else offset + length
+    view = buf[: end - start]
     pos = 0
     while pos < len(view):
-        n = os.preadv(job.fd, [view[pos:]], offset + pos)
+        n = os.preadv(job.fd, [view[pos:]], start + pos)
         if n == 0:
-            raise TransferError(
-                reason=f"{job.source.path} ends at {offset + pos}, before its "
-                f"map ({job.emap.size} bytes)"
-            )
+            break  # end of the source; rounding may ask past it
         pos += n
-    return view
+    if start + pos < offset + length:
+        raise TransferError(
+            reason=f"{job.source.path} ends at {start + pos}, before its "
+            f"map ({job.emap.size} bytes)"
+        )
+    return view[offset - start : offset - start + length]
 
 
 def interleave(iterators: list[Iterator[Item]]) -> Iterator[Item]:

@@ -95,6 +95,23 @@ def test_a_complete_session_sent_again_sends_nothing(tmp_path, pairing):
     assert result.disks["sda"].data_sent == 0
 
 
+def test_direct_reads_send_the_same_bytes(tmp_path, serve, pairing):
+    source = tmp_path / "sda.raw"
+    # Extents that end off any 4 KiB boundary, and a source whose size does.
+    layout = [(MiB + 512, D, "text"), (MiB, S, "random"), (3 * MiB + 1536, D, "random")]
+    emap = write_source(source, layout)
+
+    options = UploadOptions(direct=True, chunk_size=MiB)
+    result = upload(
+        pairing, "direct", [DiskSource("sda", source, emap)], options=options
+    )
+
+    assert result.disks["sda"].complete
+    expected = expected_image(source, emap, tmp_path / "e.raw")
+    image = serve.storage / "direct" / "sda.qcow2"
+    assert qemu_img_compare(expected, image).returncode == 0
+
+
 def test_several_disks_move_in_parallel(tmp_path, serve, pairing):
     sources = []
     for i, name in enumerate(["sda", "sdb", "nvme0n1"]):

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import pytest
+
 from converters.events import EventStream
 from converters.extents import Extent, ExtentKind, ExtentMap
-from converters.wire.errors import Incomplete, StorageFull, WireError, from_reply
+from converters.wire.errors import (
+    Incomplete,
+    StorageFull,
+    TransferError,
+    WireError,
+    from_reply,
+)
 from converters.wire.progress import DiskStats, Meter
 from converters.wire.ranges import RangeSet
-from converters.wire.sources import DiskSource, Job, interleave
+from converters.wire.sources import DiskSource, Job, interleave, read_buffer, read_into
 
 MiB, GiB = 1 << 20, 1 << 30
 D, Z, S = ExtentKind.DATA, ExtentKind.ZERO, ExtentKind.SKIP
@@ -70,3 +78,19 @@ def test_server_errors_come_back_as_their_classes():
     assert isinstance(missing, Incomplete) and missing.fields["missing"] == 5
     other = from_reply(502, None)
     assert type(other) is WireError and other.status == 502
+
+
+def test_direct_reads_round_out_to_sectors_and_slice(tmp_path):
+    path = tmp_path / "disk"
+    data = bytes(range(256)) * (3 * 4096 // 256) + b"tail"
+    path.write_bytes(data)
+    emap = ExtentMap(len(data), [Extent(0, len(data), D)])
+    job = Job(DiskSource("sda", path, emap), DiskStats("sda"), None, direct=True)
+    buf = read_buffer(8192)
+
+    assert job.direct  # tmp_path is on a filesystem with O_DIRECT
+    assert bytes(read_into(job, buf, 4000, 200)) == data[4000:4200]
+    assert bytes(read_into(job, buf, 8192, 4100)) == data[8192:]
+    with pytest.raises(TransferError):
+        read_into(job, buf, 8192, 4200)
+    job.close()
