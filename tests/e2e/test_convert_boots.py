@@ -26,7 +26,9 @@ from tests.e2e.convert_helpers import (
 )
 from tests.harness.profiles import PROFILES
 
-pytestmark = pytest.mark.slow
+# A conversion is 10-15 min of emulated CPU on a loaded 2-core host, and a
+# module's first test also pays for its fixture's conversion.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 OTHER_MAC = "52:54:00:fe:01:99"
 

@@ -16,7 +16,9 @@ from converters.fixups import pipeline
 from tests.e2e.convert_helpers import BOOT_TIMEOUT, boot, capture
 from tests.harness.profiles import PROFILES
 
-pytestmark = pytest.mark.slow
+# A conversion is 10-15 min of emulated CPU on a loaded 2-core host, and a
+# module's first test also pays for its fixture's conversion.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 # initramfs-tools waits about 30 s for a missing root device before it gives up.
 NO_ROOT = r"does not exist|Gave up waiting for root"

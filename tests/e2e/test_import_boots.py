@@ -28,7 +28,9 @@ from tests.e2e.convert_helpers import BOOT_TIMEOUT
 from tests.e2e.import_helpers import export, make_ova
 from tests.harness.qemu_runner import MARKER, BootMarker, overlay
 
-pytestmark = pytest.mark.slow
+# A conversion is 10-15 min of emulated CPU on a loaded 2-core host, and a
+# module's first test also pays for its fixture's conversion.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 
 def run_import(*argv: str) -> int:
