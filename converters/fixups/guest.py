@@ -92,9 +92,12 @@ class GuestOS(Protocol):
 
     def remove(self, path: str) -> None: ...
 
-    def run_command(self, argv: list[str], env: dict[str, str] | None = None) -> str:
+    def run_command(
+        self, argv: list[str], env: dict[str, str] | None = None, quiet: bool = False
+    ) -> str:
         """Run a program of the guest's with the guest's root as `/`; returns
-        its output (stdout and stderr) or raises GuestCommandError."""
+        its output (stdout and stderr) or raises GuestCommandError. The
+        output goes to the log unless `quiet` (listings)."""
         ...
 
     def mounts(self) -> list[Mount]: ...

@@ -78,7 +78,9 @@ class Guest:
     def remove(self, path: str) -> None:
         self.g.rm_f(path)
 
-    def run_command(self, argv: list[str], env: dict[str, str] | None = None) -> str:
+    def run_command(
+        self, argv: list[str], env: dict[str, str] | None = None, quiet: bool = False
+    ) -> str:
         # g.command returns stdout only and, on failure, only stderr: run
         # through sh so the log gets both, interleaved, and the status.
         assigns = " ".join(f"{k}={shlex.quote(v)}" for k, v in (env or {}).items())
@@ -89,8 +91,11 @@ class Guest:
         except RuntimeError as e:
             raise GuestCommandError(argv, -1, str(e)) from e
         text, _, status = out.rstrip("\n").rpartition(_STATUS)
-        for line in text.splitlines():
+        lines = text.splitlines()
+        for line in lines if not quiet else lines[:0]:
             log.debug("  %s", line)
+        if quiet:
+            log.debug("  (%d lines)", len(lines))
         if status.strip() != "0":
             raise GuestCommandError(argv, int(status or -1), text)
         return text

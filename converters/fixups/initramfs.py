@@ -99,7 +99,7 @@ def listing(guest: GuestOS, info: GuestInfo, kernel: Kernel) -> str:
         order.reverse()
     for tool in order:
         if find_program(guest, tool):
-            return guest.run_command([tool, kernel.initramfs])
+            return guest.run_command([tool, kernel.initramfs], quiet=True)
     raise FixupError("neither lsinitramfs nor lsinitrd in the guest to verify with")
 
 

@@ -68,7 +68,7 @@ class FakeGuest:
     def remove(self, path: str) -> None:
         self._p(path).unlink(missing_ok=True)
 
-    def run_command(self, argv: list[str], env=None) -> str:
+    def run_command(self, argv: list[str], env=None, quiet=False) -> str:
         self.ran.append(list(argv))
         handler = self.commands.get(argv[0].rsplit("/", 1)[-1])
         if handler is None:
