@@ -92,10 +92,11 @@ class Guest:
             raise GuestCommandError(argv, -1, str(e)) from e
         text, _, status = out.rstrip("\n").rpartition(_STATUS)
         lines = text.splitlines()
-        for line in lines if not quiet else lines[:0]:
-            log.debug("  %s", line)
         if quiet:
-            log.debug("  (%d lines)", len(lines))
+            log.debug("  (%d lines of output)", len(lines))
+        else:
+            for line in lines:
+                log.debug("  %s", line)
         if status.strip() != "0":
             raise GuestCommandError(argv, int(status or -1), text)
         return text
