@@ -87,7 +87,7 @@ def test_bench_migrate(tmp_path):
         storage = workload == "storage"
         with GuestSession(tmp_path / workload, writer, storage=storage) as guest:
             for label, hop in POLICIES:
-                o = guest.hop(timeout=GIVE_UP, settle=2.0, baseline=3, **hop)
+                o = guest.hop(timeout=GIVE_UP, settle=2, baseline=3, **hop)
                 rows.append(row(workload, label, o))
                 if hop["policy"] == "seed":
                     seed.append((workload, o.report))

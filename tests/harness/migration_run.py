@@ -92,7 +92,7 @@ class GuestSession:
         auto_converge: bool = False,
         timeout: float | None = None,
         offline: bool = False,
-        settle: float = 3.0,
+        settle: int = 2,
         cancel_after: float | None = None,
         kill_dest_after: float | None = None,
         baseline: int = 0,
@@ -126,7 +126,12 @@ class GuestSession:
                 src, dst, options, events, offline, cancel_after, kill_dest_after
             )
             during = src.progress()[len(before) :]
-        time.sleep(settle)
+        # Let the guest show `settle` progress lines wherever it runs now;
+        # a host loaded by other work can starve it, so wait for lines, not
+        # for a fixed time.
+        where = dst if report.completed else src
+        shown = len(where.progress())
+        where.wait_for(r"FERRY-WRITER t=", 30 + 10 * settle, count=shown + settle)
         if report.completed:
             after = dst.progress()
         else:
@@ -157,14 +162,6 @@ class GuestSession:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def migrate_guest(
-    workdir: Path, writer: Writer, storage: bool = False, **hop
-) -> Outcome:
-    """Boot a guest, hop it once, end both QEMUs."""
-    with GuestSession(workdir, writer, storage) as session:
-        return session.hop(**hop)
 
 
 def _run(src, dst, options, events, offline, cancel_after, kill_dest_after):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests.harness.migration_guest import have_tools
-from tests.harness.migration_run import WORKLOADS, migrate_guest
+from tests.harness.migration_run import WORKLOADS, GuestSession
 
 MISSING = have_tools()
 pytestmark = pytest.mark.skipif(MISSING is not None, reason=MISSING or "")
@@ -22,14 +22,21 @@ def assert_stayed(o) -> None:
         assert sign not in o.source_console
 
 
-def test_cancelled_migration_leaves_the_source_running(tmp_path):
-    o = migrate_guest(tmp_path, WORKLOADS["moderate"], cancel_after=1.5)
+@pytest.fixture(scope="module")
+def guest(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cancel")
+    with GuestSession(path, WORKLOADS["moderate"]) as session:
+        yield session
+
+
+def test_cancelled_migration_leaves_the_source_running(guest):
+    o = guest.hop(cancel_after=1.5)
     assert o.report.status == "cancelled" and o.report.ended_by == "cancel"
     assert_stayed(o)
 
 
-def test_destination_lost_midway_leaves_the_source_running(tmp_path):
-    o = migrate_guest(tmp_path, WORKLOADS["moderate"], kill_dest_after=1.5)
+def test_destination_lost_midway_leaves_the_source_running(guest):
+    o = guest.hop(kill_dest_after=1.5)
     assert o.report.status == "failed", o.report.table()
     assert not o.dest_alive
     assert_stayed(o)

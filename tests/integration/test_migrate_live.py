@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from tests.harness.migration_guest import have_tools
-from tests.harness.migration_run import WORKLOADS, GuestSession, Outcome, migrate_guest
+from tests.harness.migration_run import WORKLOADS, GuestSession, Outcome
 
 MISSING = have_tools()
 pytestmark = pytest.mark.skipif(MISSING is not None, reason=MISSING or "")
@@ -28,6 +28,7 @@ def assert_moved(o: Outcome) -> None:
     assert o.after[0].pages >= last_on_source.pages
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workload", ["idle", "moderate"])
 def test_idle_and_moderate_writers_converge_under_both_policies(tmp_path, workload):
     with GuestSession(tmp_path, WORKLOADS[workload]) as guest:
@@ -47,9 +48,17 @@ def test_idle_and_moderate_writers_converge_under_both_policies(tmp_path, worklo
     )
 
 
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory):
+    """One hostile guest for both policies: booted once, it stays on its
+    source when QEMU's default gives up, then moves under the seed's."""
+    with GuestSession(tmp_path_factory.mktemp("hostile"), WORKLOADS["hostile"]) as s:
+        yield s
+
+
 @pytest.mark.slow
-def test_hostile_writer_never_finishes_under_qemu_default(tmp_path):
-    o = migrate_guest(tmp_path, WORKLOADS["hostile"], policy="qemu", timeout=45)
+def test_hostile_writer_never_finishes_under_qemu_default(hostile):
+    o = hostile.hop(policy="qemu", timeout=45)
     r = o.report
     print(r.table())
     assert r.status == "cancelled" and r.ended_by == "timeout", r.table()
@@ -64,8 +73,8 @@ def test_hostile_writer_never_finishes_under_qemu_default(tmp_path):
 
 
 @pytest.mark.slow
-def test_hostile_writer_is_throttled_then_switched_over_within_30_rounds(tmp_path):
-    o = migrate_guest(tmp_path, WORKLOADS["hostile"], policy="seed", timeout=300)
+def test_hostile_writer_is_throttled_then_switched_over_within_30_rounds(hostile):
+    o = hostile.hop(policy="seed", timeout=300)
     r = o.report
     print("\n".join(x.line() for x in r.rounds), r.table(), sep="\n")
     assert_moved(o)
