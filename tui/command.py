@@ -52,9 +52,12 @@ def main(args: argparse.Namespace) -> int:
     if keys.get("ferry.mode") and not _can_draw():
         return _plain(keys, args.loop)
     from tui.app import create_app
+    from tui.terminal import children_to_log, forget_size_variables
 
+    forget_size_variables()
     while True:
-        result = create_app(args.loop, keys).run()
+        with children_to_log():
+            result = create_app(args.loop, keys).run()
         keys = {}  # unattended once; after a shell, the technician drives
         if result == "shell":
             subprocess.call([os.environ.get("SHELL", "/bin/sh")])

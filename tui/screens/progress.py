@@ -1,6 +1,11 @@
 """What a running flow is doing: the current step, a bar per disk with
 rate, ETA and what was spared, and the log. A lost link shows as
-"reconnecting" until bytes move again (the engine resumes by itself)."""
+"reconnecting" until bytes move again (the engine resumes by itself).
+
+Nothing on this screen changes height while a flow runs (the disk area
+holds three disks and scrolls beyond): Textual 8 left the log drawn at its
+old place on a real terminal when a new disk bar pushed it down (seen in
+tmux with TERM=linux), until something else redrew it."""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ import logging
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical
+from textual.containers import VerticalScroll
 from textual.reactive import reactive
 from textual.screen import Screen
 from textual.widgets import Footer, RichLog, Static
@@ -33,8 +38,9 @@ class ProgressScreen(Screen):
     DEFAULT_CSS = """
     ProgressScreen #title { text-style: bold; padding: 0 1; }
     ProgressScreen #step { padding: 0 1; }
-    ProgressScreen #link { padding: 0 1; text-style: bold reverse; }
-    ProgressScreen #disks { height: auto; max-height: 10; padding: 0 1; }
+    ProgressScreen #link { padding: 0 1; height: 1; }
+    ProgressScreen #link.-lost { text-style: bold reverse; }
+    ProgressScreen #disks { height: 6; padding: 0 1; }
     ProgressScreen RichLog { height: 1fr; border: round $primary; }
     """
     BINDINGS = [Binding("c", "cancel", "Cancel")]
@@ -55,22 +61,22 @@ class ProgressScreen(Screen):
         yield Static(self.flow.title, id="title")
         yield Static("", id="step")
         yield Static("", id="link")
-        yield Vertical(id="disks")
+        yield VerticalScroll(id="disks", can_focus=False)
         yield RichLog(wrap=True, markup=False, max_lines=2000, min_width=40)
         yield Footer()
 
     def on_mount(self) -> None:
         self.query_one(RichLog).border_title = "Log"
-        self.query_one("#link").display = False
         self._worker = self.run_flow()
 
     def watch_step(self, step: str) -> None:
         self.query_one("#step", Static).update(f"Step: {step}")
 
-    def watch_reconnecting(self, on_: bool) -> None:
+    def watch_reconnecting(self, lost: bool) -> None:
         link = self.query_one("#link", Static)
-        link.display = on_
-        link.update(" Link lost: reconnecting, the transfer resumes by itself ")
+        link.set_class(lost, "-lost")
+        text = " Link lost: reconnecting, the transfer resumes by itself "
+        link.update(text if lost else "")
 
     # The worker and its listener run in threads.
 

@@ -62,10 +62,10 @@ class DiskTable(DataTable):
         for name, width in (
             ("Disk", 7),
             ("Size", 10),
-            ("Bus", 5),
+            ("Bus", 6),
             ("Model", 15),
             ("Serial", 14),
-            ("Flags", 15),
+            ("Flags", 14),
         ):
             self.add_column(name, width=width, key=name.lower())
 
