@@ -6,7 +6,6 @@ continue after a reboot of either side."""
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 
 from converters.capture import CaptureError, CaptureRequest, capture
@@ -14,21 +13,15 @@ from converters.errors import FerryError
 from converters.events import EventStream, print_listener
 from converters.wire.client import UploadOptions
 from converters.wire.errors import TransferError
-
-_UNITS = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}
-_RATE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgKMG]?)(B|B/s|b|bit|bps|bit/s)?")
+from converters.wire.throttle import parse_rate
 
 
-def parse_rate(text: str) -> float:
-    """Link rates as users write them: 500M, 1G, 1Gbit (bits per second) or
-    50MB, 50MB/s (bytes per second); returns bytes per second."""
-    m = _RATE.fullmatch(text.strip())
-    if not m:
-        raise argparse.ArgumentTypeError(
-            f"bad rate {text!r}: use e.g. 500M or 1G (bits/s), 50MB (bytes/s)"
-        )
-    value = float(m.group(1)) * _UNITS[m.group(2).lower()]
-    return value if m.group(3) in ("B", "B/s") else value / 8
+def rate(text: str) -> float:
+    """--bandwidth: 50M or 50MB are bytes per second, 400Mbit bits."""
+    try:
+        return parse_rate(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def register(subparsers) -> None:
@@ -55,7 +48,7 @@ def register(subparsers) -> None:
     p.add_argument("--compress", choices=("auto", "zstd", "none"), default="auto")
     p.add_argument(
         "--bandwidth",
-        type=parse_rate,
+        type=rate,
         metavar="RATE",
         help="cap the link use, e.g. 500M (bits/s)",
     )
