@@ -50,7 +50,7 @@ def register(subparsers) -> None:
         "--bandwidth",
         type=rate,
         metavar="RATE",
-        help="cap the link use, e.g. 500M (bits/s)",
+        help="cap the link use: 50M (bytes/s) or 400Mbit",
     )
     p.add_argument(
         "--loop",
