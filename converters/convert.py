@@ -213,9 +213,14 @@ def _log_to_file(path: Path, events: EventStream) -> Iterator[None]:
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
     handler.setLevel(logging.DEBUG)
     package = logging.getLogger("converters")
-    old_level = package.level
+    old_level, old_propagate = package.level, package.propagate
+    # The file takes everything; the console (the root logger's handlers)
+    # still gets only what it asked for (-v or not), not the tools' output.
+    forward = _Forward(logging.getLogger().getEffectiveLevel())
     package.addHandler(handler)
+    package.addHandler(forward)
     package.setLevel(logging.DEBUG)
+    package.propagate = False
     active = True
 
     def to_log(event: Event) -> None:
@@ -232,8 +237,19 @@ def _log_to_file(path: Path, events: EventStream) -> Iterator[None]:
     finally:
         active = False
         package.removeHandler(handler)
+        package.removeHandler(forward)
         package.setLevel(old_level)
+        package.propagate = old_propagate
         handler.close()
+
+
+class _Forward(logging.Handler):
+    """Hands records at or above its level to the root logger's handlers."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        for h in logging.getLogger().handlers:
+            if record.levelno >= h.level:
+                h.handle(record)
 
 
 def convert(

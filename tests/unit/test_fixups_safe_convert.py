@@ -209,3 +209,32 @@ def test_cli_reports_an_unsupported_guest_as_one_line(session, tmp_path, monkeyp
     ):
         run_cli(str(session))
     assert sha256(session / "sda.qcow2") == before
+
+
+def test_tool_output_goes_to_the_log_file_not_the_console(
+    session, fake_appliance, capsys
+):
+    import logging
+
+    def chatty(ctx):
+        logging.getLogger("converters.fixups.x").debug("TOOL OUTPUT")
+        logging.getLogger("converters.fixups.x").warning("A WARNING")
+
+    root = logging.getLogger()
+    console = logging.StreamHandler()  # what `ferry` sets up without -v
+    old = root.level
+    root.addHandler(console)
+    root.setLevel(logging.WARNING)
+    try:
+        convert.convert(
+            convert.load_source([session]),
+            EventStream(),
+            steps=(pipeline.Step("c", chatty),),
+        )
+    finally:
+        root.removeHandler(console)
+        root.setLevel(old)
+    err = capsys.readouterr().err
+    assert "A WARNING" in err and "TOOL OUTPUT" not in err
+    log = (session / convert.LOG_FILE).read_text()
+    assert "TOOL OUTPUT" in log and "A WARNING" in log
