@@ -80,6 +80,7 @@ class FerryApp(App[str | None]):
         self.kernel = dict(kernel or {})
         self.ansi = sixteen_colours() if ansi is None else ansi
         self.log_lines: list[str] = []
+        self._checks_started = False
 
     @property
     def include_loop(self) -> bool:
@@ -87,15 +88,18 @@ class FerryApp(App[str | None]):
 
     @property
     def unattended(self) -> bool:
-        return bool(self.kernel.get("ferry.mode"))
+        # ferry.mode=shell is the live environment's business, not a flow.
+        return self.kernel.get("ferry.mode") in ("p2v", "v2p")
 
     def on_mount(self) -> None:
         from tui.screens.machine import MachineScreen
 
         self.theme = ANSI_THEME if self.ansi else THEME
         self.push_screen(MachineScreen())
+        # The checks wait for the inventory: on a small live machine the
+        # disk list is what the technician needs first, and the checks'
+        # dozen subprocesses would compete with it for the CPUs.
         self.refresh_inventory()
-        self.run_checks()
         if self.unattended:
             self.start_unattended()
 
@@ -121,10 +125,16 @@ class FerryApp(App[str | None]):
         self.methods = event.methods
         self.inventory_error = ""
         self.machine = event.machine
+        if self.checks is None and not self._checks_started:
+            self._checks_started = True
+            self.run_checks()
 
     @on(InventoryFailed)
     def _inventory_failed(self, event: InventoryFailed) -> None:
         self.inventory_error = event.error
+        if not self._checks_started:
+            self._checks_started = True
+            self.run_checks()
 
     @on(ChecksDone)
     def _checks(self, event: ChecksDone) -> None:

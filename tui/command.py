@@ -1,27 +1,23 @@
 """``ferry tui [--loop] [--keys "ferry.mode=p2v ..."]``: the console app.
 
-Unattended (``--keys`` with ``ferry.mode=``) on a terminal that cannot
-draw the screens, or with no terminal at all, prints plain lines instead.
-What the technician chose on the last screen happens here, after the app
-has given the terminal back: reboot, power off, or a shell (after which
-the app comes back).
+With ``ferry.mode=`` in the keys it runs that flow unattended on the same
+screens; on a terminal that cannot draw them, or with no terminal at all,
+converters/unattended.py prints plain lines instead. What the technician
+chose on the last screen happens here, after the app has given the
+terminal back: reboot, power off, or a shell (after which the app comes
+back).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import subprocess
 import sys
-from pathlib import Path
 
 # Serial terminals that cannot be relied on for box drawing or cursor
 # addressing at speed: unattended runs print lines there.
 PLAIN_TERMS = ("dumb", "vt100", "vt102", "unknown", "")
-# ferry only reboots or powers off the machine it booted (doctor.py uses
-# the same marker).
-LIVE_MARKER = Path("/etc/ferry-live")
 
 
 def register(subparsers) -> None:
@@ -40,16 +36,15 @@ def register(subparsers) -> None:
 
 
 def parse_keys(text: str) -> dict[str, str]:
-    return dict(
-        w.split("=", 1)
-        for w in shlex.split(text)
-        if w.startswith("ferry.") and "=" in w
-    )
+    """The ferry.* keys of a command line, split as the kernel splits it."""
+    from converters.kernel_cmdline import split
+
+    return {k: v for k, v in split(text) if k.startswith("ferry.") and v}
 
 
 def main(args: argparse.Namespace) -> int:
     keys = parse_keys(args.keys)
-    if keys.get("ferry.mode") and not _can_draw():
+    if keys.get("ferry.mode") in ("p2v", "v2p") and not _can_draw():
         return _plain(keys, args.loop)
     from tui.app import create_app
     from tui.terminal import children_to_log, forget_size_variables
@@ -63,7 +58,10 @@ def main(args: argparse.Namespace) -> int:
             subprocess.call([os.environ.get("SHELL", "/bin/sh")])
             continue
         if result in ("reboot", "poweroff"):
-            return _power(result)
+            from converters import unattended
+
+            # Only inside the live environment; elsewhere it says so.
+            unattended.power(result, unattended.Consoles([]))
         return 0
 
 
@@ -72,35 +70,22 @@ def _can_draw() -> bool:
 
 
 def _plain(keys: dict[str, str], include_loop: bool) -> int:
-    from converters.events import EventStream, print_listener
-    from tui.unattended import UnattendedError, flow_from_keys
+    """The live environment's plain-line runner, on this terminal."""
+    from dataclasses import replace
 
-    try:
-        flow = flow_from_keys(keys, include_loop)
-    except UnattendedError as e:
-        print(f"ferry tui: {e}", file=sys.stderr)
-        return 1
-    events = EventStream()
-    events.subscribe(print_listener(sys.stdout))
-    print(f"== {flow.title}", flush=True)
-    try:
-        outcome = flow.run(events)
-    except Exception as e:
-        outcome = flow.failed(e)
-    print(f"{outcome.title}: {outcome.sentence}", flush=True)
-    if outcome.where:
-        print(f"Result: {outcome.where}", flush=True)
-    if not outcome.ok:
-        return 1
-    post = keys.get("ferry.post")
-    return _power(post) if post in ("reboot", "poweroff") else 0
+    from converters import unattended
+    from converters.capture import capture
+    from tui.unattended import boot_keys
 
+    def capture_fn(request, events):
+        return capture(replace(request, include_loop=include_loop), events)
 
-def _power(what: str) -> int:
-    if not LIVE_MARKER.exists():
-        print(f"ferry tui: not in the live environment, so no {what}", file=sys.stderr)
-        return 0
-    return subprocess.call(["systemctl", what])
+    flows = {
+        "p2v": lambda k, out: unattended.run_p2v(k, out, capture_fn=capture_fn),
+        "v2p": unattended.run_v2p,
+    }
+    ok = unattended.run(boot_keys(keys), unattended.Consoles([]), flows=flows)
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -48,6 +48,9 @@ class P2VFlow(Flow):
     """Cold capture of the chosen disks into a session on ferry serve."""
 
     request: object  # converters.capture.CaptureRequest
+    # Unattended: the servers of the kernel keys, tried in order until one
+    # answers (converters.unattended.choose_server); empty: request.server.
+    servers: list = field(default_factory=list)
     sending: bool = field(default=False, init=False)
     kind = "P2V capture"
 
@@ -73,6 +76,10 @@ class P2VFlow(Flow):
         from converters.capture import capture
 
         started = time.monotonic()
+        if self.servers:
+            from converters.unattended import choose_server
+
+            self.request.server = str(choose_server(self.servers, _Lines(events)))
         events.step("connect", self.address)
         # Fails in seconds on a wrong secret or address, where the
         # capture's own retries would wait for a server that went away.
@@ -96,7 +103,7 @@ class P2VFlow(Flow):
         )
 
     def failed(self, err: BaseException) -> Outcome:
-        again = P2VFlow(self.request)
+        again = P2VFlow(self.request, self.servers)
         if isinstance(err, Cancelled):
             sentence = (
                 "The capture was stopped: retry resumes it where it stopped."
@@ -118,6 +125,16 @@ class P2VFlow(Flow):
         if not self.sending:
             return "nothing was written on the server"
         return f"session {self.request.name} on {self.address}, incomplete"
+
+
+class _Lines:
+    """converters.unattended's console, as log lines of the flow."""
+
+    def __init__(self, events: EventStream) -> None:
+        self.events = events
+
+    def line(self, text: str) -> None:
+        self.events.log(text)
 
 
 @dataclass

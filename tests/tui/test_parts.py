@@ -99,12 +99,36 @@ def test_kernel_keys_are_split_like_a_command_line():
 
 
 def test_unattended_keys_that_make_no_flow_say_why():
-    with pytest.raises(UnattendedError, match="use p2v or v2p"):
+    token = "s" * 16 + ":" + "0" * 64
+    with pytest.raises(UnattendedError, match="x2y is not one of"):
         flow_from_keys({"ferry.mode": "x2y"})
-    with pytest.raises(UnattendedError, match="V2P deploy is not available"):
-        flow_from_keys({"ferry.mode": "v2p"})
-    with pytest.raises(UnattendedError, match="ferry.token="):
+    with pytest.raises(UnattendedError, match="needs ferry.token="):
         flow_from_keys({"ferry.mode": "p2v", "ferry.server": "10.0.0.5:7420"})
+    v2p = {
+        "ferry.mode": "v2p",
+        "ferry.server": "10.0.0.5:7420",
+        "ferry.token": token,
+        "ferry.image": "web01",
+        "ferry.target": "sda",
+        "ferry.confirm": "sda",
+    }
+    with pytest.raises(UnattendedError, match="V2P deploy is not available"):
+        flow_from_keys(v2p)
+
+
+def test_unattended_p2v_keys_make_the_capture_the_screens_run():
+    flow = flow_from_keys(
+        {
+            "ferry.mode": "p2v",
+            "ferry.server": "10.0.0.5:7420,10.0.0.6:7420",
+            "ferry.token": "s" * 16 + ":" + "0" * 64,
+            "ferry.disks": "sda,/dev/nvme0n1",
+            "ferry.name": "web01",
+        }
+    )
+    assert flow.request.disks == ["sda", "nvme0n1"]
+    assert flow.request.name == "web01"
+    assert [p.address for p in flow.servers] == ["10.0.0.5:7420", "10.0.0.6:7420"]
 
 
 def test_only_progress_of_the_same_disk_is_merged():

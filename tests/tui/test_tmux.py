@@ -87,7 +87,7 @@ def test_the_console_shows_progress_and_the_disk_list_at_80x25_on_term_linux(
             "ferry.mode=p2v",
             pairing.kernel_keys(),
             f"ferry.disks={disk.name}",
-            "ferry.hostname=tmux-vm",
+            "ferry.name=tmux-vm",
         ]
     )
     command = (

@@ -1,5 +1,6 @@
 """Unattended runs: ferry.* keys (as on the kernel command line) start the
-flow on the same screens, or as plain lines where nothing can be drawn."""
+flow on the same screens, or as plain lines where nothing can be drawn (the
+live environment's runner, converters/unattended.py)."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ def complete(serve, name: str) -> bool:
 
 async def test_unattended_p2v_shows_progress_then_done(serve, pairing, loop_disks):
     disk = loop_disks("auto", size_mib=64, fill_mib=16)
-    keys = keys_for(pairing, disk.name, hostname="auto-vm")
+    keys = keys_for(pairing, disk.name, name="auto-vm")
     app = create_app(include_loop=True, kernel=keys)
     screens = set()
     async with app.run_test(size=SIZE) as pilot:
@@ -51,7 +52,7 @@ async def test_unattended_post_action_runs_after_the_countdown(
 
     monkeypatch.setattr(tui.screens.done, "POST_DELAY", 1)
     disk = loop_disks("post", size_mib=32, fill_mib=1)
-    keys = keys_for(pairing, disk.name, hostname="post-vm", post="poweroff")
+    keys = keys_for(pairing, disk.name, name="post-vm", post="poweroff")
     app = create_app(include_loop=True, kernel=keys)
     async with app.run_test(size=SIZE) as pilot:
         await wait_for(pilot, lambda: app.return_value is not None, 120, "exit")
@@ -71,7 +72,7 @@ def test_without_a_terminal_the_unattended_run_prints_plain_lines(
     serve, pairing, loop_disks
 ):
     disk = loop_disks("plain", size_mib=32, fill_mib=2)
-    keys = keys_for(pairing, disk.name, hostname="plain-vm")
+    keys = keys_for(pairing, disk.name, name="plain-vm")
     run = subprocess.run(
         [
             sys.executable,
@@ -88,5 +89,5 @@ def test_without_a_terminal_the_unattended_run_prints_plain_lines(
     )
     assert run.returncode == 0, run.stdout + run.stderr
     assert "== send: session plain-vm" in run.stdout
-    assert "Capture complete: Captured" in run.stdout
+    assert "FERRY-UNATTENDED-DONE mode=p2v session=plain-vm" in run.stdout
     assert complete(serve, "plain-vm")

@@ -42,7 +42,8 @@ class DoneScreen(Screen):
     def __init__(self, outcome: Outcome, post: str | None = None) -> None:
         super().__init__()
         self.outcome = outcome
-        self.post = post if post in POST_WORDS and outcome.ok else None
+        # ferry.post=shell (the default) leaves the technician here.
+        self.post = post if post in ("reboot", "poweroff") and outcome.ok else None
         self.left = POST_DELAY
         self._timer = None
 
