@@ -16,10 +16,10 @@ lint: setup
 	@$(PY) -m ruff format --check converters tui tests
 
 test: lint
-	$(PYTEST) tests -m "not bench"
+	$(PYTEST) tests -m "not bench" --durations=30
 
 test-fast: lint
-	$(PYTEST) tests -m "not slow and not bench"
+	$(PYTEST) tests -m "not slow and not bench" --durations=15
 
 bench: setup
 	$(PYTEST) tests/bench -m bench -s -p no:cacheprovider
