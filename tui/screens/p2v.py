@@ -17,6 +17,17 @@ from tui.widgets.server import ServerField
 from tui.widgets.titlebar import TitleBar
 
 
+def default_name(machine: Machine) -> str:
+    """The VM's name: the host name, except in the live environment, whose
+    host name is the same on every machine it boots (there the MAC of the
+    first NIC names the machine, as in unattended runs)."""
+    from converters import unattended
+
+    if unattended.LIVE_MARKER.exists():
+        return unattended.default_name()
+    return machine.hostname or "capture"
+
+
 def default_choice(disk: Disk) -> bool:
     """All fixed disks, as `ferry capture --disks all` takes them."""
     return not disk.removable and not disk.boot_medium
@@ -67,7 +78,7 @@ class P2VScreen(Screen):
             )
         name = self.query_one("#name", Input)
         if not name.value:
-            name.value = machine.hostname
+            name.value = default_name(machine)
         self.query_one("#size", Static).update(
             f"VM size: {fmt.plural(machine.cpus, 'vCPU')}, "
             f"{fmt.size(machine.memory)} memory, as this machine has."

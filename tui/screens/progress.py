@@ -15,6 +15,7 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
+from textual.css.query import NoMatches
 from textual.reactive import reactive
 from textual.screen import Screen
 from textual.widgets import Footer, RichLog, Static
@@ -121,10 +122,8 @@ class ProgressScreen(Screen):
     def _progress(self, p: Progress) -> None:
         try:
             bar = self.query_one(f"#disk-{p.disk}", DiskProgress)
-        except Exception:
-            bar = DiskProgress(p.disk, id=f"disk-{p.disk}")
-            self.query_one("#disks").mount(bar)
-            bar.call_after_refresh(bar.show, p)
+        except NoMatches:
+            self.query_one("#disks").mount(DiskProgress(p.disk, p, id=f"disk-{p.disk}"))
         else:
             bar.show(p)
         if p.done > self._done.get(p.disk, -1) and p.disk in self._done:

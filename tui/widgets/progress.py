@@ -37,9 +37,12 @@ class DiskProgress(Widget):
     DiskProgress .details { padding-left: 8; }
     """
 
-    def __init__(self, disk: str, **kwargs) -> None:
+    def __init__(self, disk: str, first: Progress | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
         self.disk = disk
+        # Events can come before the bar is composed: keep the newest and
+        # draw it once mounted.
+        self._latest = first
 
     def compose(self) -> ComposeResult:
         with Horizontal():
@@ -48,7 +51,16 @@ class DiskProgress(Widget):
             yield Label("waiting", classes="amounts")
         yield Label("", classes="details")
 
+    def on_mount(self) -> None:
+        if self._latest is not None:
+            self._draw(self._latest)
+
     def show(self, p: Progress) -> None:
+        self._latest = p
+        if self.is_mounted:
+            self._draw(p)
+
+    def _draw(self, p: Progress) -> None:
         # A disk with nothing to read (all skipped) is done at once.
         self.query_one(ProgressBar).update(total=p.total or 1, progress=p.done or 0)
         if not p.total:
