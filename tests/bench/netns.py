@@ -7,7 +7,9 @@ so each direction carries at most the link rate, as a switch port would.
 
 Processes run on one side through ``ip netns exec`` (which execs in place:
 the pid of the Popen is the pid of the command). Block devices are not
-namespaced, so both sides see the same loop devices.
+namespaced, so both sides see the same loop devices. ``Ssh`` is the
+throwaway sshd that the peers' data paths (virt-p2v, Clonezilla) cross the
+link through.
 """
 
 from __future__ import annotations
@@ -15,8 +17,14 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tests.bench.conftest import Procs
 
 # 1 Gbit/s: the link issue 3 sets for the table.
 RATE = "1gbit"
@@ -37,6 +45,8 @@ LATENCY = "20ms"
 SRC_ADDR = "10.203.113.1"
 DST_ADDR = "10.203.113.2"
 PREFIX = 30
+SSH_PORT = 2222
+CHECK_TIMEOUT = 900  # a command of the bench's own, qemu-img compare of 4 GiB
 
 
 def _ip(*args: str) -> None:
@@ -148,3 +158,82 @@ def link(tag: str | None = None) -> Iterator[Link]:
         # Deleting a namespace deletes its veth end and so the pair.
         for ns in made:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
+
+
+def run(*argv, timeout: float = CHECK_TIMEOUT, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(a) for a in argv], capture_output=True, text=True, timeout=timeout, **kw
+    )
+
+
+def wait_for(what: str, check, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except subprocess.TimeoutExpired:
+            pass  # a probe that hung: try again until the deadline
+        time.sleep(0.2)
+    raise TimeoutError(f"{what} not ready after {timeout:.0f} s")
+
+
+class Ssh:
+    """A throwaway sshd on the source side of a link, reached from the
+    receiver side: its own keys in a tmpdir, key login only, nothing read
+    from /etc/ssh."""
+
+    def __init__(self, procs: Procs, link: Link, folder: Path) -> None:
+        self.link = link
+        folder.mkdir()
+        for key in ("host", "client"):
+            run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", folder / key)
+        (folder / "authorized_keys").write_text((folder / "client.pub").read_text())
+        config = folder / "sshd_config"
+        config.write_text(
+            f"Port {SSH_PORT}\n"
+            f"ListenAddress {link.src_addr}\n"
+            f"HostKey {folder / 'host'}\n"
+            f"AuthorizedKeysFile {folder / 'authorized_keys'}\n"
+            "PermitRootLogin prohibit-password\n"
+            "PasswordAuthentication no\n"
+            "KbdInteractiveAuthentication no\n"
+            "UsePAM no\n"
+            "StrictModes no\n"
+            "PidFile none\n"
+        )
+        self.client = [
+            "ssh",
+            "-F",
+            "/dev/null",
+            "-p",
+            str(SSH_PORT),
+            "-i",
+            str(folder / "client"),
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "LogLevel=ERROR",
+        ]
+        # sshd insists on its privilege separation directory; Debian's
+        # service makes it at start, and there is no service manager here.
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+        procs.start(
+            "sshd", link.exec("src", ["/usr/sbin/sshd", "-D", "-e", "-f", config])
+        )
+        wait_for("sshd", lambda: self.remote("true", timeout=10).returncode == 0, 30)
+
+    def command(self, *extra: str) -> list[str]:
+        """The ssh client on the receiver side, to the source side."""
+        return self.link.exec(
+            "dst", [*self.client, *extra, f"root@{self.link.src_addr}"]
+        )
+
+    def remote(self, script: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        return run(*self.command(), script, timeout=timeout)

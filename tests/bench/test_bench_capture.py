@@ -25,7 +25,6 @@ import os
 import platform
 import shutil
 import signal
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -37,7 +36,7 @@ from converters.disk_map import map_disk
 from converters.extents import ExtentKind, ExtentMap
 from tests.bench.bench_disk import SourceDisk
 from tests.bench.conftest import Procs, Sampler, SourceLoops
-from tests.bench.netns import BURST, LATENCY, RATE, RATE_BYTES, Link
+from tests.bench.netns import BURST, LATENCY, RATE, RATE_BYTES, Link, Ssh, run, wait_for
 
 pytestmark = [pytest.mark.bench, pytest.mark.timeout(5400)]
 
@@ -45,9 +44,8 @@ REPO = Path(__file__).resolve().parents[2]
 REPORT = REPO / "build" / "bench" / "capture.md"
 FERRY = Path(sys.executable).with_name("ferry")
 MiB, GiB = 1 << 20, 1 << 30
-FERRY_PORT, SSH_PORT, NBD_PORT = 7420, 2222, 10809
+FERRY_PORT, NBD_PORT = 7420, 10809
 RUN_TIMEOUT = 1200  # one row; (b) at 1 Gbit/s needs about 40 s
-CHECK_TIMEOUT = 900  # qemu-img compare of 4 GiB
 # Clonezilla saves the MBR and the gap before the first partition; with a
 # GPT, the backup table in the last 33 sectors too.
 GPT_BACKUP = 33 * 512
@@ -113,90 +111,11 @@ class Env:
 # --- helpers -------------------------------------------------------------
 
 
-def run(*argv, timeout: float = CHECK_TIMEOUT, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(a) for a in argv], capture_output=True, text=True, timeout=timeout, **kw
-    )
-
-
 def tail(path: Path, lines: int = 15) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return ""
-
-
-def wait_for(what: str, check, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except subprocess.TimeoutExpired:
-            pass  # a probe that hung: try again until the deadline
-        time.sleep(0.2)
-    raise TimeoutError(f"{what} not ready after {timeout:.0f} s")
-
-
-class Ssh:
-    """A throwaway sshd on the source side, as the technician's laptop
-    (or virt-p2v's conversion server) would reach it: its own keys in a
-    tmpdir, key login only, nothing read from /etc/ssh."""
-
-    def __init__(self, procs: Procs, link: Link, folder: Path) -> None:
-        self.link = link
-        folder.mkdir()
-        for key in ("host", "client"):
-            run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", folder / key)
-        (folder / "authorized_keys").write_text((folder / "client.pub").read_text())
-        config = folder / "sshd_config"
-        config.write_text(
-            f"Port {SSH_PORT}\n"
-            f"ListenAddress {link.src_addr}\n"
-            f"HostKey {folder / 'host'}\n"
-            f"AuthorizedKeysFile {folder / 'authorized_keys'}\n"
-            "PermitRootLogin prohibit-password\n"
-            "PasswordAuthentication no\n"
-            "KbdInteractiveAuthentication no\n"
-            "UsePAM no\n"
-            "StrictModes no\n"
-            "PidFile none\n"
-        )
-        self.client = [
-            "ssh",
-            "-F",
-            "/dev/null",
-            "-p",
-            str(SSH_PORT),
-            "-i",
-            str(folder / "client"),
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "LogLevel=ERROR",
-        ]
-        # sshd insists on its privilege separation directory; Debian's
-        # service makes it at start, and there is no service manager here.
-        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
-        procs.start(
-            "sshd", link.exec("src", ["/usr/sbin/sshd", "-D", "-e", "-f", config])
-        )
-        wait_for("sshd", lambda: self.remote("true", timeout=10).returncode == 0, 30)
-
-    def command(self, *extra: str) -> list[str]:
-        """The ssh client on the receiver side, to the source side."""
-        return self.link.exec(
-            "dst", [*self.client, *extra, f"root@{self.link.src_addr}"]
-        )
-
-    def remote(self, script: str, timeout: float = 60) -> subprocess.CompletedProcess:
-        return run(*self.command(), script, timeout=timeout)
 
 
 # --- (a) ferry -------------------------------------------------------------
