@@ -107,8 +107,9 @@ def _disk_name(i: int) -> str:
 def import_images(
     sources: list[Path], storage: Path, name: str, events: EventStream
 ) -> convert.Source:
-    """Check every input, then write STORAGE/NAME/{sdX.qcow2, inventory.json}."""
-    machine = None
+    """Check every input, then write STORAGE/NAME/{sdX.qcow2, inventory.json}.
+    Sources: one .ova, one .ovf with its disks beside it, or disk images."""
+    machine = ova = None
     staged: list[Path] = []
     if len(sources) == 1 and sources[0].suffix.lower() == ".ova":
         try:
@@ -116,27 +117,38 @@ def import_images(
         except ovf.OvfError as e:
             raise FerryError(str(e)) from None
         machine = ova.machine
+    elif len(sources) == 1 and sources[0].suffix.lower() == ".ovf":
+        try:
+            machine, paths = ovf.open_ovf(sources[0])
+        except ovf.OvfError as e:
+            raise FerryError(str(e)) from None
+        images = [probe(p) for p in paths]
     else:
         images = [probe(p) for p in sources]
     folder = storage / safe_name(name or (machine.name if machine else sources[0].stem))
     if folder.exists() and any(folder.glob("*.qcow2")):
         raise FerryError(f"{folder} already holds an imported machine")
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
+    disks: list[Path] = []
     try:
-        if machine:
+        if ova is not None:
             images = []
             for i, disk in enumerate(machine.disks):
                 staged.append(
                     ova.extract_disk(disk, folder / f".{_disk_name(i)}.ova-disk")
                 )
                 images.append(probe(staged[-1]))
-        disks = []
         for i, image in enumerate(images):
             dest = folder / f"{_disk_name(i)}.qcow2"
             _to_qcow2(image, dest, events)
             disks.append(dest)
     except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)
+        # remove what this import wrote, never what was there before it
+        if created:
+            shutil.rmtree(folder, ignore_errors=True)
+        for disk in disks:
+            disk.unlink(missing_ok=True)
         raise
     finally:
         for path in staged:

@@ -185,3 +185,26 @@ def _verify(tar: tarfile.TarFile, members, manifest: str, label: str) -> None:
             raise OvfError(
                 f"{label}: {name} does not match its manifest digest (corrupt)"
             )
+
+
+def open_ovf(path: Path) -> tuple[OvfMachine, list[Path]]:
+    """An unpacked export: NAME.ovf with its disks (and NAME.mf) beside it.
+    Returns the machine and its disk paths, verified like an OVA's."""
+    try:
+        machine = parse(path.read_text(errors="replace"))
+    except OSError as e:
+        raise OvfError(f"{path.name}: {e.strerror}") from None
+    disks = [path.parent / d.file for d in machine.disks]
+    missing = [d.name for d in disks if not d.is_file()]
+    if missing:
+        raise OvfError(f"{path.name} names {', '.join(missing)}, not found beside it")
+    mf = path.with_suffix(".mf")
+    if mf.is_file():
+        for name, (algo, digest) in _manifest(mf.read_text()).items():
+            h = hashlib.new(algo)
+            with open(path.parent / name, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    h.update(chunk)
+            if h.hexdigest() != digest:
+                raise OvfError(f"{name} does not match its manifest digest (corrupt)")
+    return machine, disks

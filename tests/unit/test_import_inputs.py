@@ -120,3 +120,22 @@ def test_import_command_parses_its_options():
     args = parser.parse_args(["import", "a.ova", "--name", "web", "--storage", "/srv"])
     assert args.sources == [Path("a.ova")] and args.name == "web"
     assert args.storage == Path("/srv") and args.func is import_command.main
+
+
+def test_unpacked_ovf_with_its_disk_beside_it(raw_disk, tmp_path):
+    ova = make_ova(raw_disk, tmp_path / "ova", "web-01")
+    unpacked = tmp_path / "unpacked"
+    with tarfile.open(ova) as tar:
+        tar.extractall(unpacked)
+    source = import_command.import_images(
+        [unpacked / "web-01.ovf"], tmp_path / "store", "", EventStream()
+    )
+    assert source.name == "web-01" and source.inventory.memory == 1536 << 20
+    assert same_content(raw_disk, source.disks[0])
+    with open(unpacked / "web-01-disk1.vmdk", "r+b") as f:
+        f.seek(-4096, 2)
+        f.write(b"\xff" * 16)
+    with pytest.raises(FerryError, match="does not match its manifest"):
+        import_command.import_images(
+            [unpacked / "web-01.ovf"], tmp_path / "store2", "", EventStream()
+        )
