@@ -19,7 +19,6 @@ from pathlib import Path
 from .errors import PairingError
 from .pairing import advertised_host, load_or_create_identity, split_address
 from .protocol import DEFAULT_PORT
-from .server import run
 from .storage import IDENTITY_DIR
 
 log = logging.getLogger(__name__)
@@ -90,6 +89,10 @@ async def _serve(storage, identity, host, port, ready) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    # aiohttp's server is imported only here: every other ferry command
+    # (capture on the live side above all) loads this module for its parser.
+    from .server import run
+
     await run(storage, identity, host, port, ready=ready, stop=stop)
     log.info("STOP storage=%s", storage)
 
