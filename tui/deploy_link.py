@@ -77,9 +77,11 @@ def list_images(server: str) -> list[Image]:
 
 
 def image_file(path: str) -> Image:
-    """A qcow2 or raw image on a USB stick: its virtual size, read with
-    ``qemu-img info`` (the same tool the KVM side uses)."""
-    if not os.path.exists(path):
+    """A qcow2 or raw image on a USB stick, or at an http(s) URL: its
+    virtual size, read with ``qemu-img info`` (the same tool the KVM side
+    uses; URLs through QEMU's curl driver, qemu-block-extra)."""
+    url = path.startswith(("http://", "https://"))
+    if not url and not os.path.exists(path):
         raise FileNotFoundError(f"no image file {path}")
     out = subprocess.run(
         ["qemu-img", "info", "-U", "--output=json", path],
@@ -90,7 +92,7 @@ def image_file(path: str) -> Image:
     if out.returncode != 0:
         raise ValueError(f"{path} is not a disk image: {out.stderr.strip()}")
     info = json.loads(out.stdout)
-    stem = os.path.basename(path).split(".", 1)[0] or "disk"
+    stem = os.path.basename(path.split("?", 1)[0]).split(".", 1)[0] or "disk"
     return Image(stem, (ImageDisk(stem, int(info["virtual-size"])),), path)
 
 

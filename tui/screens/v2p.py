@@ -56,7 +56,7 @@ class V2PScreen(Screen):
         yield Label("Image from the server (ctrl+l lists them)", classes="field-label")
         yield ServerField()
         yield Input(
-            placeholder="or an image file: /media/usb/web01.qcow2, then ctrl+o",
+            placeholder="or an image file or URL: /media/usb/web01.qcow2, then ctrl+o",
             id="file",
             compact=True,
         )
