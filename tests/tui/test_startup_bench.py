@@ -34,7 +34,7 @@ def cpu_seconds(pid: int) -> float:
 def start_and_wait(socket: str, disk: str, timeout: float = 30.0):
     """Seconds from the command to the disk list, and the CPU seconds the
     app used for it (what a loaded test host cannot inflate)."""
-    tmux = ["tmux", "-L", socket, "-f", "/dev/null"]
+    tmux = ["tmux", "-S", socket, "-f", "/dev/null"]
     command = (
         f"cd {shlex.quote(str(REPO))} && exec env -u LINES -u COLUMNS TERM=linux "
         f"{shlex.quote(sys.executable)} -c {shlex.quote(FERRY_TUI)}"
@@ -70,10 +70,10 @@ def start_and_wait(socket: str, disk: str, timeout: float = 30.0):
 
 
 @pytest.mark.bench
-def test_ferry_tui_lists_the_loop_device_within_two_seconds(loop_disks):
+def test_ferry_tui_lists_the_loop_device_within_two_seconds(loop_disks, tmp_path):
     disk = loop_disks("bench", size_mib=32, fill_mib=1)
     runs = [
-        start_and_wait(f"ferry-bench-{os.getpid()}-{i}", disk.name) for i in range(5)
+        start_and_wait(str(tmp_path / f"tmux-{i}.sock"), disk.name) for i in range(5)
     ]
     times = sorted(t for t, _ in runs)
     cpu = sorted(c for _, c in runs)

@@ -20,14 +20,15 @@ pytestmark = pytest.mark.skipif(not shutil.which("tmux"), reason="needs tmux")
 
 
 class Tmux:
-    """One tmux server on its own socket, ended with kill-server."""
+    """One tmux server on its own socket (a file in the test's tmpdir, so
+    that nothing is left behind), ended with kill-server."""
 
-    def __init__(self, name: str) -> None:
-        self.socket = name
+    def __init__(self, socket: str) -> None:
+        self.socket = socket
 
     def __call__(self, *args: str) -> str:
         return subprocess.run(
-            ["tmux", "-L", self.socket, "-f", "/dev/null", *args],
+            ["tmux", "-S", self.socket, "-f", "/dev/null", *args],
             check=True,
             capture_output=True,
             text=True,
@@ -67,13 +68,13 @@ class Tmux:
 
     def close(self) -> None:
         subprocess.run(
-            ["tmux", "-L", self.socket, "kill-server"], capture_output=True, check=False
+            ["tmux", "-S", self.socket, "kill-server"], capture_output=True, check=False
         )
 
 
 @pytest.fixture
-def tmux():
-    t = Tmux(f"ferry-tui-test-{os.getpid()}")
+def tmux(tmp_path):
+    t = Tmux(str(tmp_path / "tmux.sock"))
     yield t
     t.close()
 
