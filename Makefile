@@ -22,7 +22,7 @@ test-fast: lint
 	$(PYTEST) tests -m "not slow and not bench" --durations=15
 
 bench: setup
-	$(PYTEST) tests/bench -m bench -s -p no:cacheprovider
+	$(PYTEST) tests -m bench -s -p no:cacheprovider
 
 # build/ferry-live.iso and build/pxe/ (docs/image.md); cached under
 # $(FERRY_CACHE)/image, so an unchanged tree builds nothing.
