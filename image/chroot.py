@@ -48,7 +48,9 @@ def wheels(paths: recipe.CachePaths, keys: recipe.Keys, log: BuildLog) -> Path:
 
 def dib_env(wheel_dir: Path, paths: recipe.CachePaths) -> dict[str, str]:
     venv_bin = Path(sys.executable).parent
-    env = dict(os.environ)
+    # The host's pip settings (local indexes, constraints) mean nothing in
+    # the chroot, which installs from the wheel folder only.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
     env.update(mirrors.find(recipe.RELEASE).dib_env())
     env.update(
         {

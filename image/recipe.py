@@ -36,11 +36,14 @@ def _tree_digest(paths: list[Path], base: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def _files(root: Path) -> list[Path]:
+def _files(root: Path, skip_docs: bool = False) -> list[Path]:
     return [
         p
         for p in root.rglob("*")
-        if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"
+        if p.is_file()
+        and "__pycache__" not in p.parts
+        and p.suffix != ".pyc"
+        and not (skip_docs and p.suffix == ".rst")
     ]
 
 
@@ -84,7 +87,8 @@ def keys() -> Keys:
         CHROOT_RECIPE,
         RELEASE,
         IMAGE_ELEMENTS,
-        _tree_digest(_files(ELEMENTS), ELEMENTS),
+        # an element's README.rst does not change the chroot
+        _tree_digest(_files(ELEMENTS, skip_docs=True), ELEMENTS),
         wheels,
         dib_version(),
     )
