@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from converters import cache
-from tests.harness.apt_mirror import debian_mirror
+from image import mirrors
 
 SUITE = "bookworm"
 # Everything a test machine needs to boot on either firmware and to be
@@ -80,7 +80,7 @@ def _build(out: Path, extra: list[str]) -> None:
                 chroot(root, "apt-get", "install", "-y", "-q",
                        "--no-install-recommends", *extra)  # fmt: skip
         else:
-            mirror = debian_mirror(SUITE)
+            mirror = mirrors.find(SUITE).archive
             include = "--include=" + ",".join(BASE_PACKAGES)
             subprocess.run(
                 ["debootstrap", "--variant=minbase", include, SUITE, str(root), mirror],

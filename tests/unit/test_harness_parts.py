@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.harness.apt_mirror import debian_mirror
+from image import mirrors
 from tests.harness.profiles import PROFILES
 from tests.harness.qemu_runner import BootMarker
 
@@ -38,6 +38,7 @@ def test_uefi_profile_gets_its_own_nvram_copy(tmp_path):
 
 def test_mirror_comes_from_deb822_sources(tmp_path, monkeypatch):
     monkeypatch.delenv("FERRY_DEBIAN_MIRROR", raising=False)
+    monkeypatch.delenv("FERRY_DEBIAN_SECURITY_MIRROR", raising=False)
     d = tmp_path / "apt/sources.list.d"
     d.mkdir(parents=True)
     (d / "debian.sources").write_text(
@@ -46,9 +47,9 @@ def test_mirror_comes_from_deb822_sources(tmp_path, monkeypatch):
         "Types: deb\nURIs: http://mirror.example/debian\n"
         "Suites: bookworm bookworm-updates\nComponents: main\n"
     )
-    assert (
-        debian_mirror("bookworm", etc=str(tmp_path)) == "http://mirror.example/debian"
-    )
+    found = mirrors.find("bookworm", etc=str(tmp_path))
+    assert found.archive == "http://mirror.example/debian"
+    assert found.security == "http://mirror.example/debian-security"
 
 
 def test_mirror_comes_from_one_line_sources(tmp_path, monkeypatch):
@@ -56,11 +57,14 @@ def test_mirror_comes_from_one_line_sources(tmp_path, monkeypatch):
     (tmp_path / "apt").mkdir()
     (tmp_path / "apt/sources.list").write_text(
         "deb [arch=amd64] http://m.example/debian bookworm main\n"
+        "deb http://m.example/security bookworm-security main\n"
     )
-    assert debian_mirror("bookworm", etc=str(tmp_path)) == "http://m.example/debian"
+    assert mirrors.find("bookworm", etc=str(tmp_path)).archive == (
+        "http://m.example/debian"
+    )
 
 
 def test_no_mirror_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.delenv("FERRY_DEBIAN_MIRROR", raising=False)
-    with pytest.raises(RuntimeError, match="FERRY_DEBIAN_MIRROR"):
-        debian_mirror("bookworm", etc=str(tmp_path))
+    with pytest.raises(mirrors.MirrorError, match="FERRY_DEBIAN_MIRROR"):
+        mirrors.find("bookworm", etc=str(tmp_path))
