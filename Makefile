@@ -29,9 +29,10 @@ bench: setup
 	$(PYTEST) tests -m bench -s -p no:cacheprovider
 
 # build/ferry-live.iso and build/pxe/ (docs/image.md); cached under
-# $(FERRY_CACHE)/image, so an unchanged tree builds nothing.
+# $(FERRY_CACHE)/image, so an unchanged tree builds nothing. With
+# FERRY_KEYS="ferry.mode=p2v ..." also build/ferry-live-unattended.iso.
 image: setup
-	@$(PY) -m image.build --output build
+	@$(PY) -m image.build --output build $(if $(FERRY_KEYS),--keys "$(FERRY_KEYS)")
 
 clean:
 	rm -rf build .pytest_cache

@@ -215,13 +215,21 @@ def pack_initrd(root: Path, base_initrd: Path, work: Path, log: BuildLog) -> Pat
     return initrd
 
 
-def make_iso(kernel: Path, initrd: Path, out: Path, keys: recipe.Keys, log: BuildLog):
-    tree = out.parent / "iso-tree"
+def make_iso(
+    kernel: Path,
+    initrd: Path,
+    out: Path,
+    keys: recipe.Keys,
+    log: BuildLog,
+    kernel_keys: str = "",
+) -> None:
+    tree = out.parent / f"{out.name}.tree"
+    shutil.rmtree(tree, ignore_errors=True)
     (tree / "boot" / "grub").mkdir(parents=True)
     os.link(kernel, tree / "boot" / "vmlinuz")
     os.link(initrd, tree / "boot" / "initrd.img")
     (tree / "boot" / "grub" / "grub.cfg").write_text(
-        bootcfg.iso_grub_cfg(keys.medium_label)
+        bootcfg.iso_grub_cfg(keys.medium_label, kernel_keys)
     )
     # grub-mkrescue makes El Torito entries for BIOS (i386-pc) and UEFI
     # (x86_64-efi) and an MBR with the EFI image as a partition, so the same

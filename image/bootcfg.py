@@ -16,30 +16,44 @@ terminal_output console serial
 """
 
 
-def _entries(path: str, extra: str = "") -> str:
-    def entry(title: str, args: str) -> str:
-        line = " ".join(a for a in (KERNEL_ARGS, args, extra) if a)
-        return (
-            f'menuentry "{title}" {{\n'
-            f'    echo "Loading the ferry live environment (it is all in memory'
-            f' once loaded) ..."\n'
-            f"    linux {path}/vmlinuz {line}\n"
-            f"    initrd {path}/initrd.img\n"
-            "}\n"
-        )
-
+def _entry(title: str, path: str, *args: str) -> str:
+    line = " ".join(a for a in (KERNEL_ARGS, *args) if a)
     return (
-        entry("ferry live environment", "")
-        + entry("ferry live environment: shell only", "ferry.mode=shell")
-        + entry("ferry live environment: all kernel messages", "ignore_loglevel")
+        f'menuentry "{title}" {{\n'
+        '    echo "Loading the ferry live environment (all in memory once'
+        ' loaded) ..."\n'
+        f"    linux {path}/vmlinuz {line}\n"
+        f"    initrd {path}/initrd.img\n"
+        "}\n"
     )
 
 
-def iso_grub_cfg(label: str) -> str:
+def _entries(path: str, extra: str = "") -> str:
+    return (
+        _entry("ferry live environment", path, extra)
+        + _entry("ferry live environment: shell only", path, "ferry.mode=shell", extra)
+        + _entry(
+            "ferry live environment: all kernel messages",
+            path,
+            "ignore_loglevel",
+            extra,
+        )
+    )
+
+
+def iso_grub_cfg(label: str, kernel_keys: str = "") -> str:
+    """With `kernel_keys` (ferry.* keys for an unattended run) the first,
+    default entry carries them; the plain entries follow."""
+    unattended = (
+        _entry("ferry live environment: unattended", "/boot", kernel_keys)
+        if kernel_keys
+        else ""
+    )
     return (
         f"# ferry live environment {label} (made by image/build.py)\n"
         + _GRUB_TERMINALS
         + "set timeout=3\nset default=0\n\n"
+        + unattended
         + _entries("/boot")
     )
 

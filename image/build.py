@@ -113,6 +113,34 @@ def publish(outputs: Outputs, dest: Path) -> Outputs:
     return Outputs(dest)
 
 
+class KeysError(ValueError):
+    pass
+
+
+def unattended_iso(outputs: Outputs, dest: Path, kernel_keys: str, echo=None) -> Path:
+    """An ISO whose default entry boots with `kernel_keys` (ferry.* keys,
+    checked first: a stick that would refuse to run is not written), made
+    in seconds from the built kernel and initramfs. The medium keeps the
+    build's label, so the live side still knows it booted from it."""
+    from converters import kernel_cmdline
+
+    words = kernel_keys.split()
+    others = [w for w in words if not w.startswith(kernel_cmdline.PREFIX)]
+    if others:
+        raise KeysError(f"only ferry.* keys belong here, not {' '.join(others)}")
+    parsed = kernel_cmdline.parse(kernel_keys)
+    if parsed.fatal:
+        raise KeysError("; ".join(p.message for p in parsed.fatal))
+    log = BuildLog(dest.with_suffix(".log"), echo)
+    try:
+        assemble.make_iso(
+            outputs.kernel, outputs.initrd, dest, recipe.keys(), log, kernel_keys
+        )
+    finally:
+        log.close()
+    return dest
+
+
 def report(outputs: Outputs, published: Outputs) -> str:
     facts = json.loads((outputs.directory / "manifest.json").read_text())
     times = ", ".join(f"{k} {human_time(v)}" for k, v in facts["seconds"].items())
@@ -141,6 +169,14 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="run diskimage-builder again even if its chroot is cached",
     )
+    parser.add_argument(
+        "--keys",
+        default="",
+        metavar="KEYS",
+        help="also write ferry-live-unattended.iso, whose default entry boots "
+        'with these ferry.* keys, e.g. "ferry.mode=p2v ferry.server=... '
+        'ferry.token=..." (docs/unattended.md)',
+    )
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("make image: run as root (diskimage-builder, chroot)", file=sys.stderr)
@@ -151,8 +187,17 @@ def main(argv: list[str] | None = None) -> int:
     except (BuildError, chroot.mirrors.MirrorError, FileNotFoundError) as e:
         print(f"make image: {e}", file=sys.stderr)
         return 1
-    published = publish(outputs, args.output)
+    published = publish(outputs, args.output.resolve())
     print(report(outputs, published))
+    custom = published.directory / "ferry-live-unattended.iso"
+    custom.unlink(missing_ok=True)  # from an earlier run, maybe other keys
+    if args.keys:
+        try:
+            unattended_iso(outputs, custom, args.keys)
+        except (KeysError, BuildError) as e:
+            print(f"make image: no unattended ISO: {e}", file=sys.stderr)
+            return 1
+        print(f"unattended: {custom} (default entry: {args.keys})")
     print(f"this run: {human_time(time.monotonic() - started)}")
     return 0
 
