@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import json
 import re
 import subprocess
 import threading
@@ -22,9 +23,10 @@ from pathlib import Path
 import pytest
 
 from converters import cache
+from converters.wire.pairing import Pairing
 from tests.conftest import require_space
 from tests.harness.profiles import PROFILES
-from tests.harness.qemu_runner import QemuMachine
+from tests.harness.qemu_runner import DEFAULT_MAC, QemuMachine
 
 # Marked `image`: built and booted by `make test-image` until the live
 # image tests fit make test's budget (issue 5).
@@ -206,3 +208,88 @@ def test_pxe_boots_through_ipxe_over_http_and_reports_bad_keys(
     assert "ferry.mode=p2v needs ferry.token=" in console
     assert refused, console[-3000:]
     print(f"PXE on SeaBIOS: ready {fields['wall']} (uptime {fields['uptime']})")
+
+
+# Unattended P2V: the phys-bios machine boots an ISO whose default entry
+# carries `ferry.mode=p2v` and the keys `ferry serve` printed (with the
+# address the guest sees), captures its SATA disk into the server and powers
+# off; `ferry convert` turns the session into a VM that boots as the same
+# machine on virtio hardware.
+
+# Under TCG the guest's TLS and zstd run emulated: about a GiB of live data
+# takes minutes; the margin covers a loaded host.
+CAPTURE_TIMEOUT = 2400
+
+
+@pytest.fixture(scope="module")
+def captured_from_iso(live_image, machine_builder, tmp_path_factory):
+    from image import build
+    from tests.harness.qemu_runner import overlay
+    from tests.integration.test_wire_support import Serve
+
+    machine = machine_builder("phys-bios")
+    work = tmp_path_factory.mktemp("unattended-p2v")
+    server = Serve(work / "storage", work / "serve.log")
+    pairing = server.start()
+    # QEMU's user network shows the host's loopback as 10.0.2.2.
+    seen = Pairing("10.0.2.2", pairing.port, pairing.fingerprint, pairing.secret)
+    keys = f"ferry.mode=p2v {seen.kernel_keys()} ferry.name=golden ferry.post=poweroff"
+    iso = build.unattended_iso(live_image, work / "unattended.iso", keys)
+    source = overlay(machine.disk, work / "source.qcow2")
+    vm = QemuMachine(
+        PROFILES["physical-bios"], work, [source], cdrom=iso, memory_mb=MEMORY_MB
+    )
+    try:
+        with vm:
+            fields = ready_fields(vm)
+            done = vm.wait_for(r"FERRY-UNATTENDED-(DONE|FAILED) .*", CAPTURE_TIMEOUT)
+            # ferry.post=poweroff ends QEMU (-no-reboot)
+            powered_off = vm.proc.wait(180) if done else None
+            wall = time.monotonic() - vm.started
+        yield machine, server, fields, done, powered_off, vm.console(), wall
+    finally:
+        server.stop()
+        server.end_orphans()
+        for disk in work.rglob("*.qcow2"):
+            disk.unlink()
+
+
+def test_unattended_p2v_from_the_iso_lands_in_ferry_serve(captured_from_iso, workdir):
+    machine, server, fields, done, powered_off, console, wall = captured_from_iso
+    (workdir / "console-unattended.log").write_text(console)
+    assert fields["mode"] == "p2v" and fields["keys"] == "ok", fields
+    assert done, console[-4000:]
+    assert done.group(0).startswith("FERRY-UNATTENDED-DONE mode=p2v session=golden")
+    # plain progress lines on the serial console
+    assert "== map: sda" in console and "== send: session golden" in console
+    assert powered_off == 0, "ferry.post=poweroff did not power the machine off"
+    session = server.storage / "golden"
+    assert (session / "sda.qcow2").exists()
+    inventory = json.loads((session / "inventory.json").read_text())
+    nics = {n["name"]: n["mac"] for n in inventory["nics"]}
+    assert nics == {"ens8": DEFAULT_MAC}
+    # the live medium (sr0) is not a disk of the machine
+    assert [d["name"] for d in inventory["disks"]] == ["sda"]
+    print(f"unattended P2V from the ISO: {wall:.0f} s from power-on to power-off")
+
+
+def test_golden_path_the_captured_machine_boots_as_itself_on_virtio(
+    captured_from_iso, workdir
+):
+    from tests.e2e.convert_helpers import BOOT_TIMEOUT, boot, log_tail, run_convert_cli
+
+    machine, server, _, done, _, _, _ = captured_from_iso
+    assert done and "DONE" in done.group(0), "the capture did not finish"
+    session = server.storage / "golden"
+    code, took = run_convert_cli(session)
+    assert code == 0, log_tail(session)
+    profile = PROFILES["virtual"]
+    with boot(session, profile, workdir) as vm:
+        marker = vm.wait_marker(BOOT_TIMEOUT)
+    assert marker, f"no boot marker:\n{vm.console()[-3000:]}\n{log_tail(session)}"
+    assert marker["host"] == machine.hostname
+    # the source's NIC name, pinned to the MAC the VM keeps
+    assert marker["nic"] == "ens8" != profile.nic_name
+    assert marker["addr"].startswith("10.0.2."), marker.fields
+    assert marker["data"] == "ok"
+    print(f"golden path: converted in {took:.0f} s, booted in {marker.seconds:.0f} s")
