@@ -116,14 +116,13 @@ def test_an_interrupted_transfer_never_claims_to_be_complete(tmp_path, serve, pa
             serve.stop()  # a clean stop: flushes and journals what it has
 
     events.subscribe(on_event)
+    # Paced and in small requests, so the requests in flight while the server
+    # drains cannot carry the rest of the disk, however loaded the host.
+    paced = UploadOptions(
+        retry_timeout=2, workers=2, chunk_size=1 * MiB, bandwidth=16 * MiB
+    )
     with pytest.raises(TransferError, match="unreachable"):
-        upload(
-            pairing,
-            "half",
-            disks,
-            options=UploadOptions(retry_timeout=2),
-            events=events,
-        )
+        upload(pairing, "half", disks, options=paced, events=events)
 
     record = serve.session_record("half")
     assert record["disks"][0]["complete"] is False
