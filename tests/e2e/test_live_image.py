@@ -18,6 +18,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
@@ -157,44 +158,54 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         self.requests.append(self.path)
 
 
-@pytest.fixture
-def http_pxe(live_image) -> Iterator[tuple[int, list[str]]]:
-    """The PXE bundle over HTTP on the host's loopback (10.0.2.2 to QEMU's
-    user network), as a datacenter serves it; TFTP is too slow for the
-    initramfs."""
+@contextmanager
+def http_server(directory: Path) -> Iterator[tuple[int, list[str]]]:
+    """`directory` over HTTP on the host's loopback (10.0.2.2 to QEMU's user
+    network), as a datacenter serves the PXE bundle; TFTP is too slow for
+    the initramfs. Yields the port and the paths requested."""
     requests: list[str] = []
     handler = functools.partial(
         type("Handler", (_Handler,), {"requests": requests}),
-        directory=str(live_image.pxe),
+        directory=str(directory),
     )
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield server.server_address[1], requests
-    server.shutdown()
-    server.server_close()
+    try:
+        yield server.server_address[1], requests
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def ipxe_chain(tftp: Path, port: int, ferry_args: str) -> tuple[Path, str]:
+    """What a site's DHCP/TFTP hands out: a script that sets the kernel keys
+    and chains the bundle's script over HTTP."""
+    tftp.mkdir(exist_ok=True)
+    (tftp / "boot.ipxe").write_text(
+        f"#!ipxe\nset ferry_args {ferry_args}\n"
+        f"chain http://10.0.2.2:{port}/ferry.ipxe\n"
+    )
+    return tftp, "boot.ipxe"
+
+
+@pytest.fixture
+def http_pxe(live_image) -> Iterator[tuple[int, list[str]]]:
+    with http_server(live_image.pxe) as served:
+        yield served
 
 
 def test_pxe_boots_through_ipxe_over_http_and_reports_bad_keys(
     live_image, http_pxe, workdir
 ):
     port, requests = http_pxe
-    tftp = workdir / "tftp"
-    tftp.mkdir()
-    # What a site's DHCP/TFTP hands out: a script that sets the kernel keys
-    # and chains the bundle's script over HTTP. The keys ask for an
-    # unattended P2V with a typo and no token: it must be reported on the
-    # console and refused, not run.
-    (tftp / "boot.ipxe").write_text(
-        "#!ipxe\n"
-        "set ferry_args ferry.mode=p2v ferry.server=10.0.2.2:9 ferry.dsks=sda\n"
-        f"chain http://10.0.2.2:{port}/ferry.ipxe\n"
+    # The keys ask for an unattended P2V with a typo and no token: it must be
+    # reported on the console and refused, not run.
+    pxe = ipxe_chain(
+        workdir / "tftp", port, "ferry.mode=p2v ferry.server=10.0.2.2:9 ferry.dsks=sda"
     )
     with QemuMachine(
-        PROFILES["physical-bios"],
-        workdir,
-        pxe=(tftp, "boot.ipxe"),
-        memory_mb=MEMORY_MB,
+        PROFILES["physical-bios"], workdir, pxe=pxe, memory_mb=MEMORY_MB
     ) as vm:
         fields = ready_fields(vm)
         refused = vm.wait_for(r"FERRY-UNATTENDED-FAILED mode=p2v .*", 120)
@@ -221,41 +232,56 @@ def test_pxe_boots_through_ipxe_over_http_and_reports_bad_keys(
 CAPTURE_TIMEOUT = 2400
 
 
-@pytest.fixture(scope="module")
-def captured_from_iso(live_image, machine_builder, tmp_path_factory):
+@pytest.fixture(scope="module", params=["iso", "pxe"])
+def captured(request, live_image, machine_builder, tmp_path_factory):
+    """The unattended capture, booted from the ISO (keys in its default
+    entry, `make image FERRY_KEYS=...`) or over PXE (keys in iPXE's
+    ferry_args)."""
     from image import build
     from tests.harness.qemu_runner import overlay
     from tests.integration.test_wire_support import Serve
 
     machine = machine_builder("phys-bios")
-    work = tmp_path_factory.mktemp("unattended-p2v")
+    work = tmp_path_factory.mktemp(f"unattended-p2v-{request.param}")
     server = Serve(work / "storage", work / "serve.log")
     pairing = server.start()
     # QEMU's user network shows the host's loopback as 10.0.2.2.
     seen = Pairing("10.0.2.2", pairing.port, pairing.fingerprint, pairing.secret)
     keys = f"ferry.mode=p2v {seen.kernel_keys()} ferry.name=golden ferry.post=poweroff"
-    iso = build.unattended_iso(live_image, work / "unattended.iso", keys)
     source = overlay(machine.disk, work / "source.qcow2")
-    vm = QemuMachine(
-        PROFILES["physical-bios"], work, [source], cdrom=iso, memory_mb=MEMORY_MB
-    )
-    try:
-        with vm:
-            fields = ready_fields(vm)
-            done = vm.wait_for(r"FERRY-UNATTENDED-(DONE|FAILED) .*", CAPTURE_TIMEOUT)
-            # ferry.post=poweroff ends QEMU (-no-reboot)
-            powered_off = vm.proc.wait(180) if done else None
-            wall = time.monotonic() - vm.started
-        yield machine, server, fields, done, powered_off, vm.console(), wall
-    finally:
-        server.stop()
-        server.end_orphans()
-        for disk in work.rglob("*.qcow2"):
-            disk.unlink()
+    boot_from: dict = {}
+    with ExitStack() as stack:
+        if request.param == "iso":
+            iso = build.unattended_iso(live_image, work / "unattended.iso", keys)
+            boot_from["cdrom"] = iso
+        else:
+            port, _ = stack.enter_context(http_server(live_image.pxe))
+            boot_from["pxe"] = ipxe_chain(work / "tftp", port, keys)
+        vm = QemuMachine(
+            PROFILES["physical-bios"], work, [source], memory_mb=MEMORY_MB, **boot_from
+        )
+        try:
+            yield from _capture(vm, machine, server, request.param)
+        finally:
+            server.stop()
+            server.end_orphans()
+            for disk in work.rglob("*.qcow2"):
+                disk.unlink()
 
 
-def test_unattended_p2v_from_the_iso_lands_in_ferry_serve(captured_from_iso, workdir):
-    machine, server, fields, done, powered_off, console, wall = captured_from_iso
+def _capture(vm: QemuMachine, machine, server, boot: str):
+    with vm:
+        fields = ready_fields(vm)
+        done = vm.wait_for(r"FERRY-UNATTENDED-(DONE|FAILED) .*", CAPTURE_TIMEOUT)
+        # ferry.post=poweroff ends QEMU (-no-reboot)
+        powered_off = vm.proc.wait(180) if done else None
+        wall = time.monotonic() - vm.started
+    yield machine, server, fields, done, powered_off, vm.console(), wall, boot
+
+
+@pytest.mark.timeout(3600)
+def test_unattended_p2v_lands_in_ferry_serve(captured, workdir):
+    machine, server, fields, done, powered_off, console, wall, boot = captured
     (workdir / "console-unattended.log").write_text(console)
     assert fields["mode"] == "p2v" and fields["keys"] == "ok", fields
     assert done, console[-4000:]
@@ -270,15 +296,14 @@ def test_unattended_p2v_from_the_iso_lands_in_ferry_serve(captured_from_iso, wor
     assert nics == {"ens8": DEFAULT_MAC}
     # the live medium (sr0) is not a disk of the machine
     assert [d["name"] for d in inventory["disks"]] == ["sda"]
-    print(f"unattended P2V from the ISO: {wall:.0f} s from power-on to power-off")
+    print(f"unattended P2V ({boot}): {wall:.0f} s from power-on to power-off")
 
 
-def test_golden_path_the_captured_machine_boots_as_itself_on_virtio(
-    captured_from_iso, workdir
-):
+@pytest.mark.timeout(3600)
+def test_golden_path_the_captured_machine_boots_as_itself_on_virtio(captured, workdir):
     from tests.e2e.convert_helpers import BOOT_TIMEOUT, boot, log_tail, run_convert_cli
 
-    machine, server, _, done, _, _, _ = captured_from_iso
+    machine, server, _, done, _, _, _, boot_path = captured
     assert done and "DONE" in done.group(0), "the capture did not finish"
     session = server.storage / "golden"
     code, took = run_convert_cli(session)
@@ -292,4 +317,7 @@ def test_golden_path_the_captured_machine_boots_as_itself_on_virtio(
     assert marker["nic"] == "ens8" != profile.nic_name
     assert marker["addr"].startswith("10.0.2."), marker.fields
     assert marker["data"] == "ok"
-    print(f"golden path: converted in {took:.0f} s, booted in {marker.seconds:.0f} s")
+    print(
+        f"golden path ({boot_path}): converted in {took:.0f} s, "
+        f"booted in {marker.seconds:.0f} s"
+    )
