@@ -30,6 +30,14 @@ class Log(Event):
 
 
 @dataclass(frozen=True)
+class LinkLost(Event):
+    """The link to the server failed; the engine retries by itself (bytes
+    moving again mean it is back), so listeners need not parse warnings."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
 class Progress(Event):
     """Bytes moved for one disk; skipped/saved say what the map and the
     compression spared the link."""

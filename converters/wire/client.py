@@ -71,6 +71,8 @@ class UploadOptions:
     retry_timeout: float = 600.0
     # Read block devices with O_DIRECT (falls back where it is refused).
     direct: bool = False
+    # Set by the caller (the TUI's cancel) to stop the upload between chunks.
+    cancel: threading.Event | None = None
 
 
 @dataclass
@@ -234,6 +236,8 @@ class _Uploader:
         after_failure = False
         rejects = 0
         while True:
+            if self.options.cancel is not None and self.options.cancel.is_set():
+                raise TransferError(reason="cancelled")
             try:
                 if after_failure and self._server_has(client, item):
                     item.job.meter.add(_data(item), found_after_retry=_data(item))

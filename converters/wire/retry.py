@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import time
 
-from converters.events import EventStream
+from converters.events import EventStream, LinkLost
 
 from .errors import LinkDown, TransferError
 
@@ -24,6 +24,7 @@ class Backoff:
         if self.since is None:
             self.since = now
             events.log(f"{err}; retrying", "warning")
+            events.emit(LinkLost(str(err)))
         if now - self.since > self.timeout:
             raise TransferError(
                 reason=f"server unreachable for {self.timeout:.0f} s: {err}"
