@@ -38,6 +38,10 @@ class CaptureRequest:
     name: str | None = None  # session (and VM) name; default the hostname
     options: UploadOptions = field(default_factory=UploadOptions)
     include_loop: bool = False  # offer loop devices (image files, tests)
+    # The VM's size when the technician chose one (None: the machine's);
+    # sent as the inventory's cpus/memory, which size the converted VM.
+    vcpus: int | None = None
+    memory: int | None = None  # bytes
 
 
 def rw_mounts(disk: Disk) -> list[str]:
@@ -122,7 +126,16 @@ def capture(request: CaptureRequest, events: EventStream) -> UploadResult:
         request.server,
         chosen.session,
         sources,
-        inventory=chosen.machine.to_json(),
+        inventory=_inventory(chosen.machine, request),
         options=request.options,
         events=events,
     )
+
+
+def _inventory(machine: Machine, request: CaptureRequest) -> dict:
+    inv = machine.to_json()
+    if request.vcpus:
+        inv["cpus"] = request.vcpus
+    if request.memory:
+        inv["memory"] = request.memory
+    return inv
