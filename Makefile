@@ -15,15 +15,20 @@ lint: setup
 	@$(PY) -m ruff check converters tui tests
 	@$(PY) -m ruff format --check converters tui tests
 
+# Two workers: the QEMU guests that fill the suite run one emulated CPU
+# each, so two of them use both cores. loadscope keeps a module's (or a
+# test class's) tests, and so its expensive fixtures, on one worker; the
+# order is tests/conftest.py's (longest first), not xdist's.
+XDIST := -n 2 --dist loadscope --no-loadscope-reorder
 test: lint
-	$(PYTEST) tests -m "not bench and not image" --durations=30
+	$(PYTEST) tests -m "not bench" $(XDIST) --durations=30
 
 test-fast: lint
 	$(PYTEST) tests -m "not slow and not bench" --durations=15
 
-# The live image's boot tests (issue 5): not yet part of make test.
+# The live image's tests alone (they are part of make test too).
 test-image: lint
-	$(PYTEST) tests -m image --durations=15
+	$(PYTEST) tests -m image $(XDIST) --durations=15
 
 bench: setup
 	$(PYTEST) tests -m bench -s -p no:cacheprovider

@@ -20,6 +20,32 @@ KEEP_LOGS = REPO / "test-logs"
 MIN_FREE_FOR_MACHINES = 12 << 30
 
 
+# The modules (or classes) that boot QEMU machines for minutes, longest
+# first, so that `make test`'s two workers (xdist, --dist loadscope without
+# reordering) start on them and finish together; the rest keep their order.
+# A worker holding two tests or fewer takes the next scope, hence the
+# golden-path classes (two tests each) are not next to each other.
+HEAVY_FIRST = [
+    "tests/e2e/test_convert_boots.py",
+    "tests/e2e/test_golden_path.py::TestGoldenPathFromTheIsoOnSeabios",
+    "tests/e2e/test_import_boots.py",
+    "tests/e2e/test_golden_path.py::TestGoldenPathOverPxe",
+    "tests/e2e/test_live_boots.py",
+    "tests/e2e/test_harness_boots.py",
+    "tests/e2e/test_convert_safety.py",
+]
+
+
+def pytest_collection_modifyitems(items) -> None:
+    def rank(item) -> int:
+        for i, prefix in enumerate(HEAVY_FIRST):
+            if item.nodeid.startswith(prefix):
+                return i
+        return len(HEAVY_FIRST)
+
+    items.sort(key=rank)
+
+
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_makereport(item, call):
     report = yield

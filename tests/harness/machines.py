@@ -93,9 +93,10 @@ class BuiltMachine:
 def build(name: str) -> BuiltMachine:
     recipe = RECIPES[name]
     tree = debian_tree.tree_tar(recipe.initramfs)
-    key = cache.recipe_key(
-        asdict(recipe), tree.name, BUILD_STEPS_VERSION, machine_files.CONTENT
-    )
+    parts = [asdict(recipe), tree.name, BUILD_STEPS_VERSION, machine_files.CONTENT]
+    if _kernel_args(recipe):  # (left out when empty: older keys stay valid)
+        parts.append(_kernel_args(recipe))
+    key = cache.recipe_key(*parts)
     out = cache.root() / "machines" / f"{name}-{key}"
     meta = out / "machine.json"
     if not meta.exists():
@@ -151,6 +152,14 @@ def _kernel_version(root: Path) -> str:
     return kernels[-1]
 
 
+def _kernel_args(recipe: Recipe) -> str:
+    # dracut activates only the LVs it is told about; without the swap LV
+    # systemd waits 90 s for /dev/ferry/swap before giving up on it.
+    if recipe.layout == "gpt-esp-boot-lvm":
+        return "rd.lvm.lv=ferry/root rd.lvm.lv=ferry/swap"
+    return ""
+
+
 def _customize(recipe: Recipe, root: Path, kernel: str) -> dict[str, str]:
     """Hostname, marker, network, grub defaults and an initramfs limited to
     the recipe's drivers, all made in a chroot on the host (fast) rather than
@@ -165,10 +174,8 @@ def _customize(recipe: Recipe, root: Path, kernel: str) -> dict[str, str]:
     # installs ferry converts often do; LVM names its volume.
     if recipe.layout == "mbr-root-swap":
         machine_files.install_grub_defaults(root, "", "GRUB_DISABLE_LINUX_UUID=true\n")
-    elif recipe.layout == "gpt-esp-boot-lvm":
-        machine_files.install_grub_defaults(root, "rd.lvm.lv=ferry/root")
     else:
-        machine_files.install_grub_defaults(root, "")
+        machine_files.install_grub_defaults(root, _kernel_args(recipe))
     manifest = machine_files.write_live_data(
         root, seed=zlib.crc32(recipe.name.encode())
     )
