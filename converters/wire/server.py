@@ -22,7 +22,7 @@ from aiohttp import web
 
 import converters
 
-from . import protocol, storage
+from . import autoconvert, images, protocol, storage
 from .errors import BadRequest, PayloadTooLarge, Unauthorized, WireError
 from .pairing import Identity
 from .protocol import API, BODY_SLACK, CHECKSUM_HEADER, MAX_CHUNK
@@ -42,6 +42,8 @@ class Settings:
     # Disks idle this long flush, journal and end their qemu-nbd.
     idle_close: float = 120.0
     janitor_interval: float = 15.0
+    # Convert each machine capture when it completes (autoconvert.py).
+    convert: bool = True
 
 
 @dataclass
@@ -78,8 +80,10 @@ def create_app(storage_dir: Path, secret: str, settings: Settings | None = None)
     r.add_view(disk, DiskView)
     r.add_view(f"{disk}/status", DiskStatusView)
     r.add_view(f"{disk}/extents", ExtentsView)
+    images.setup(app, storage_dir, state.registry, executor)
     app.on_startup.append(_startup)
     app.on_cleanup.append(_cleanup)
+    autoconvert.install(app, storage_dir, settings.convert)
     return app
 
 
@@ -174,14 +178,16 @@ class StatusView(_View):
                 "version": converters.__version__,
                 "free_bytes": storage.free_bytes(self.state.storage),
                 "reserved_bytes": registry.reserved(),
-                "sessions": [s.status() for s in registry.sessions.values()],
+                "sessions": [
+                    autoconvert.session_status(s) for s in registry.sessions.values()
+                ],
             }
         )
 
 
 class SessionView(_View):
     async def get(self):
-        return web.json_response(self.session().status())
+        return web.json_response(autoconvert.session_status(self.session()))
 
     async def put(self):
         body = await self.json_body()
@@ -240,6 +246,7 @@ class DiskView(_View):
             await disk.flush()
         elif op == "complete":
             await disk.complete()
+            autoconvert.disk_completed(self.request.app, self.session())
             return web.json_response(disk.status())
         else:
             raise BadRequest(reason=f"unknown op {op!r}")

@@ -1,0 +1,302 @@
+"""The images ``ferry serve`` offers for V2P: every completed capture and
+every VM that ``ferry import`` placed in its storage, read-only.
+
+    GET /v1/images                          the catalogue
+    GET /v1/images/I/disks/D                a range (Range: bytes=A-B)
+    GET /v1/images/I/disks/D/extents        allocation (NBD block status)
+
+A capture is offered once its session says complete (an interrupted one
+never is); its reads go through the session's own disk, so one image never
+has two qemu-nbd processes fighting over its pid file. An imported VM
+(``STORAGE/NAME/sdX.qcow2`` + ``inventory.json``, no session) is opened
+read-only here on first use and closed when idle. Deploy clients read only
+the DATA extents of the map.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+import threading
+import time
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+
+from converters import backends
+
+from . import protocol
+from .errors import Conflict, NotFound
+from .protocol import API, CHECKSUM_HEADER, MAX_CHUNK, valid_name
+from .sessions import Registry
+from .storage import IDENTITY_DIR, INVENTORY_FILE, SESSION_FILE
+
+log = logging.getLogger(__name__)
+
+NAME = r"{%s:[A-Za-z0-9][A-Za-z0-9._-]{0,63}}"
+# An imported image idle this long ends its qemu-nbd.
+IDLE_CLOSE = 120.0
+QCOW2_MAGIC = b"QFI\xfb"
+MAX_READS = 8
+
+
+@dataclass(frozen=True)
+class ImageDisk:
+    name: str
+    size: int
+
+
+@dataclass(frozen=True)
+class ImageEntry:
+    name: str
+    kind: str  # "capture" or "import"
+    disks: tuple[ImageDisk, ...]
+
+    def to_json(self) -> dict:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "disks": [{"name": d.name, "size": d.size} for d in self.disks],
+        }
+
+
+def qcow2_size(path: Path) -> int:
+    """The virtual size from the qcow2 header (bytes 24-31, big-endian):
+    no qemu-img, which would need the image lock a conversion may hold."""
+    with open(path, "rb") as f:
+        header = f.read(32)
+    if len(header) < 32 or header[:4] != QCOW2_MAGIC:
+        raise ValueError(f"{path} is not a qcow2 image")
+    return struct.unpack(">Q", header[24:32])[0]
+
+
+def catalogue(root: Path, registry: Registry) -> list[ImageEntry]:
+    entries = []
+    for folder in sorted(Path(root).iterdir()):
+        name = folder.name
+        if name == IDENTITY_DIR or not valid_name(name) or not folder.is_dir():
+            continue
+        if (folder / SESSION_FILE).exists():
+            session = registry.sessions.get(name)
+            if session is None or not session.record.complete:
+                continue
+            disks = tuple(ImageDisk(d.name, d.size) for d in session.record.disks)
+            entries.append(ImageEntry(name, "capture", disks))
+        elif (folder / INVENTORY_FILE).exists():
+            disks = []
+            for path in sorted(folder.glob("*.qcow2")):
+                if not valid_name(path.stem):
+                    continue
+                try:
+                    disks.append(ImageDisk(path.stem, qcow2_size(path)))
+                except (OSError, ValueError) as e:
+                    log.warning("IMAGES skip path=%s error=%s", path, e)
+            if disks:
+                entries.append(ImageEntry(name, "import", tuple(disks)))
+    return entries
+
+
+class _ImportedDisk:
+    """One imported qcow2, read-only through qemu-nbd."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.size = qcow2_size(path)
+        self.last_used = time.monotonic()
+        self._backend = None
+        self._lock = threading.Lock()
+
+    def backend(self):
+        self.last_used = time.monotonic()
+        with self._lock:
+            if self._backend is None:
+                try:
+                    self._backend = backends.open(f"qcow2://{self.path}", "r")
+                except OSError as e:
+                    # A conversion holding the write lock, most likely.
+                    raise Conflict(reason=f"{self.path.name} is in use: {e}") from e
+            return self._backend
+
+    def read(self, offset: int, length: int) -> bytes:
+        return self.backend().read(offset, length)
+
+    def extents(self):
+        return self.backend().extents()
+
+    def close(self) -> None:
+        with self._lock:
+            backend, self._backend = self._backend, None
+        if backend is not None:
+            backend.close()
+
+
+class Images:
+    def __init__(self, root: Path, registry: Registry, executor: Executor) -> None:
+        self.root = Path(root)
+        self.registry = registry
+        self.executor = executor
+        self._imported: dict[tuple[str, str], _ImportedDisk] = {}
+        self._lock = threading.Lock()
+        # Reads held in memory at once, all images together: 8 MiB each
+        # (plus its zstd copy) keeps V2P serving inside the server's budget
+        # however many machines deploy at once.
+        self.reads = asyncio.Semaphore(MAX_READS)
+
+    async def run(self, func, *args):
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, func, *args)
+
+    def entry(self, image: str) -> ImageEntry:
+        for entry in catalogue(self.root, self.registry):
+            if entry.name == image:
+                return entry
+        raise NotFound(what=f"image {image}")
+
+    async def disk(self, image: str, disk: str):
+        """An object with ``size``, async ``read`` and async ``extents``."""
+        entry = await self.run(self.entry, image)
+        found = next((d for d in entry.disks if d.name == disk), None)
+        if found is None:
+            raise NotFound(what=f"disk {disk} of image {image}")
+        if entry.kind == "capture":
+            return _CaptureDisk(self.registry.get(image).disk(disk), found.size)
+        return _AsyncImported(self, self._open_imported(image, disk))
+
+    def _open_imported(self, image: str, disk: str) -> _ImportedDisk:
+        key = (image, disk)
+        with self._lock:
+            if key not in self._imported:
+                self._imported[key] = _ImportedDisk(self.root / image / f"{disk}.qcow2")
+            return self._imported[key]
+
+    def close_idle(self, max_idle: float) -> None:
+        now = time.monotonic()
+        with self._lock:
+            idle = [d for d in self._imported.values() if now - d.last_used > max_idle]
+        for d in idle:
+            d.close()
+
+    def close_all(self) -> None:
+        with self._lock:
+            disks, self._imported = list(self._imported.values()), {}
+        for d in disks:
+            d.close()
+
+
+class _CaptureDisk:
+    def __init__(self, diskio, size: int) -> None:
+        self._diskio = diskio
+        self.size = size
+
+    async def read(self, offset: int, length: int) -> bytes:
+        return await self._diskio.read(offset, length)
+
+    async def extents(self):
+        return await self._diskio.extents()
+
+
+class _AsyncImported:
+    def __init__(self, images: Images, disk: _ImportedDisk) -> None:
+        self._images = images
+        self._disk = disk
+        self.size = disk.size
+
+    async def read(self, offset: int, length: int) -> bytes:
+        protocol.check_bounds(offset, length, self.size)
+        return await self._images.run(self._disk.read, offset, length)
+
+    async def extents(self):
+        return await self._images.run(self._disk.extents)
+
+
+IMAGES = web.AppKey("images", Images)
+
+
+def setup(app: web.Application, root: Path, registry: Registry, executor) -> None:
+    """Routes and lifecycle of the image endpoints (called by create_app)."""
+    app[IMAGES] = Images(root, registry, executor)
+    r = app.router
+    r.add_view(f"{API}/images", CatalogueView)
+    disk = f"{API}/images/{NAME % 'image'}/disks/{NAME % 'disk'}"
+    r.add_view(disk, ImageDiskView)
+    r.add_view(f"{disk}/extents", ImageExtentsView)
+    app.on_startup.append(_start_janitor)
+    app.on_cleanup.append(_cleanup)
+
+
+async def _start_janitor(app: web.Application) -> None:
+    async def janitor() -> None:
+        while True:
+            await asyncio.sleep(IDLE_CLOSE / 4)
+            await asyncio.to_thread(app[IMAGES].close_idle, IDLE_CLOSE)
+
+    app["images-janitor"] = asyncio.get_running_loop().create_task(janitor())
+
+
+async def _cleanup(app: web.Application) -> None:
+    app["images-janitor"].cancel()
+    await asyncio.to_thread(app[IMAGES].close_all)
+
+
+class _View(web.View):
+    @property
+    def images(self) -> Images:
+        return self.request.app[IMAGES]
+
+    async def image_disk(self):
+        info = self.request.match_info
+        return await self.images.disk(info["image"], info["disk"])
+
+
+class CatalogueView(_View):
+    async def get(self):
+        images = self.images
+        entries = await images.run(catalogue, images.root, images.registry)
+        return web.json_response({"images": [e.to_json() for e in entries]})
+
+
+class ImageExtentsView(_View):
+    async def get(self):
+        emap = await (await self.image_disk()).extents()
+        return web.json_response(emap.to_json())
+
+
+_encoders = threading.local()
+
+
+def _encode(data: bytes, compress: bool) -> protocol.Payload:
+    mode = "auto" if compress else "none"
+    encoder = getattr(_encoders, mode, None)
+    if encoder is None:
+        encoder = protocol.Encoder(mode)
+        setattr(_encoders, mode, encoder)
+    return encoder.encode(data)
+
+
+class ImageDiskView(_View):
+    async def get(self):
+        disk = await self.image_disk()
+        headers = self.request.headers
+        offset, length = protocol.parse_range(headers.get("Range"), disk.size)
+        if length > MAX_CHUNK:
+            raise protocol.RangeNotSatisfiable(
+                reason=f"ranges are read {MAX_CHUNK} bytes at most"
+            )
+        compress = "zstd" in headers.get("Accept-Encoding", "")
+        async with self.images.reads:
+            data = await disk.read(offset, length)
+            payload = await self.images.run(_encode, data, compress)
+        reply = {
+            "Content-Range": protocol.content_range(offset, length, disk.size),
+            CHECKSUM_HEADER: payload.checksum,
+        }
+        if payload.encoding != "identity":
+            reply["Content-Encoding"] = payload.encoding
+        return web.Response(status=206, body=bytes(payload.body), headers=reply)
+
+
+def image_path(image: str, disk: str) -> str:
+    return f"{API}/images/{image}/disks/{disk}"
