@@ -48,6 +48,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="address for the pairing string (default: the listen address, "
         "or the one the default route leaves from)",
     )
+    p.add_argument(
+        "--no-convert",
+        dest="convert",
+        action="store_false",
+        help="do not convert captures as they complete (ferry convert SESSION)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -77,23 +83,24 @@ def main(args: argparse.Namespace) -> int:
         print(f"kernel: {pairing.kernel_keys()}", flush=True)
 
     try:
-        asyncio.run(_serve(storage, identity, host, port, ready))
+        asyncio.run(_serve(storage, identity, host, port, ready, args.convert))
     except OSError as e:
         print(f"ferry serve: {e}", file=sys.stderr)
         return 1
     return 0
 
 
-async def _serve(storage, identity, host, port, ready) -> None:
+async def _serve(storage, identity, host, port, ready, convert=True) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     # aiohttp's server is imported only here: every other ferry command
     # (capture on the live side above all) loads this module for its parser.
-    from .server import run
+    from .server import Settings, run
 
-    await run(storage, identity, host, port, ready=ready, stop=stop)
+    settings = Settings(convert=convert)
+    await run(storage, identity, host, port, settings=settings, ready=ready, stop=stop)
     log.info("STOP storage=%s", storage)
 
 

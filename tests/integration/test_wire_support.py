@@ -32,7 +32,10 @@ D, Z, S = ExtentKind.DATA, ExtentKind.ZERO, ExtentKind.SKIP
 class Serve:
     """``ferry serve`` as a subprocess."""
 
-    def __init__(self, storage: Path, log: Path) -> None:
+    def __init__(self, storage: Path, log: Path, convert: bool = False) -> None:
+        # convert: serve's own conversion of completed machine captures
+        # (minutes of guestfs in TCG), off unless a test is about it.
+        self.convert = convert
         self.storage = storage
         self.log = log
         self.proc: subprocess.Popen | None = None
@@ -50,6 +53,7 @@ class Serve:
                 str(self.storage),
                 "--listen",
                 f"127.0.0.1:{port}",
+                *([] if self.convert else ["--no-convert"]),
             ],
             cwd=REPO,
             stdout=subprocess.PIPE,
