@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 import tarfile
 from pathlib import Path
@@ -113,6 +114,16 @@ def make_ova(disk: Path, folder: Path, name: str, firmware: str = "bios") -> Pat
     for p in (ovf, mf, vmdk):
         p.unlink()
     return ova
+
+
+def vmdk_create_type(ova: Path) -> str:
+    """The createType in the descriptor of the OVA's VMDK (the text
+    header at the start of a stream-optimised or sparse VMDK)."""
+    with tarfile.open(ova) as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith(".vmdk"))
+        head = tar.extractfile(member).read(64 << 10)
+    found = re.search(rb'createType="([^"]+)"', head)
+    return found.group(1).decode() if found else ""
 
 
 def _sha256(path: Path) -> str:

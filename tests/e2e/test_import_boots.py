@@ -1,5 +1,5 @@
 """`ferry import` of the vm-virtio machine as other hypervisors export it:
-an OVA (OVF + stream-optimised VMDK + manifest) and a VHDX. Each is
+an OVA (OVF + stream-optimised VMDK + manifest: the VMDK boot) and a VHDX. Each is
 imported into qcow2, converted, and booted by the QEMU script the import
 wrote (q35, virtio, the domain's MAC), as a host without libvirt would
 start it. On q35 that NIC is enp0s2 by slot; the marker shows ens3, the
@@ -25,7 +25,7 @@ import pytest
 
 from converters import import_command
 from tests.e2e.convert_helpers import BOOT_TIMEOUT
-from tests.e2e.import_helpers import export, make_ova
+from tests.e2e.import_helpers import export, make_ova, vmdk_create_type
 from tests.harness.qemu_runner import MARKER, BootMarker, overlay
 
 # A conversion is 10-15 min of emulated CPU on a loaded 2-core host, and a
@@ -88,6 +88,8 @@ def test_exported_vm_imports_and_boots(machine_builder, workdir, kind):
     exports.mkdir()
     if kind == "ova":
         source = make_ova(machine.disk, exports, "web-01")
+        # the disk that boots is a VMDK as VMware exports it
+        assert vmdk_create_type(source) == "streamOptimized"
     else:
         source = export(machine.disk, "vhdx", exports / "web-01.vhdx")
     storage = workdir / "storage"
