@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "converters.capture_command",
     "converters.convert_command",
     "converters.import_command",
+    "converters.deploy_command",
     "converters.migrate_command",
     "tui.command",
 ]

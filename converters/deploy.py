@@ -1,0 +1,132 @@
+"""V2P deploy: an image from ``ferry serve``, an http(s) URL or a local file
+written onto this machine's disks (the engine the TUI and ``ferry deploy``
+call; tui/deploy_link.py is the TUI's seam).
+
+    list_images(server)            what a server offers
+    plan_deploy(request)           every check, before a byte is written
+    deploy(request, events)        plan, then write and verify each disk
+
+Not in this build yet (see docs/deploy.md): growing the last partition and
+its filesystem, and the fixups for the real hardware (drivers, bootloader,
+NIC names, hostname) through the chroot backend of the fixups library. A
+deploy says so in its event stream rather than pretending.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from converters.deploy_plan import (
+    DeployError,
+    DeployPlan,
+    DeployRequest,
+    check,
+    target_disk,
+)
+from converters.deploy_source import (
+    FileDisk,
+    ImageInfo,
+    ServerDisk,
+    SourceError,
+    disk_name,
+    list_images,
+    probe,
+)
+from converters.deploy_target import Target
+from converters.deploy_write import WriteOptions, WriteStats, write_disk
+from converters.events import EventStream
+from converters.wire.errors import WireError
+from converters.wire.pairing import Pairing
+
+__all__ = [
+    "DeployError",
+    "DeployPlan",
+    "DeployRequest",
+    "DeployResult",
+    "ImageInfo",
+    "deploy",
+    "list_images",
+    "plan_deploy",
+]
+
+
+@dataclass
+class DeployResult:
+    plan: DeployPlan
+    disks: list[WriteStats] = field(default_factory=list)
+
+
+def image_disks(image) -> dict[str, int]:
+    """Image disk name -> virtual size, for a listed image or a file/URL."""
+    if isinstance(image, ImageInfo):
+        return dict(image.disks)
+    try:
+        _, size = probe(str(image))
+    except SourceError as e:
+        raise DeployError(str(e)) from None
+    return {disk_name(str(image)): size}
+
+
+def plan_deploy(request: DeployRequest) -> DeployPlan:
+    """Raises DeployError (unconfirmed, too small, boot medium, read-only,
+    in use) before anything is written."""
+    sizes = image_disks(request.image)
+    disks = {path: target_disk(path) for _, path in request.targets}
+    return check(request, sizes, disks)
+
+
+def _open_source(image, disk: str, size: int, events: EventStream):
+    if isinstance(image, ImageInfo):
+        return ServerDisk(
+            Pairing.parse(image.server), image.name, disk, size, events=events
+        )
+    fmt, _ = probe(str(image))
+    return FileDisk(str(image), fmt, size, disk)
+
+
+def deploy(
+    request: DeployRequest,
+    events: EventStream | None = None,
+    options: WriteOptions | None = None,
+) -> DeployResult:
+    events = events or EventStream()
+    plan = plan_deploy(request)
+    for line in plan.summary():
+        events.log(line)
+    result = DeployResult(plan)
+    for disk in plan.disks:
+        try:
+            source = _open_source(
+                request.image, disk.image_disk, disk.image_size, events
+            )
+        except (SourceError, WireError, OSError) as e:
+            raise DeployError(f"cannot read image disk {disk.image_disk}: {e}") from e
+        try:
+            with Target(disk.target.path) as target:
+                stats = write_disk(source, target, events=events, options=options)
+        except (WireError, OSError) as e:
+            raise DeployError(
+                f"writing {disk.target.path} failed: {e}; the disk has no "
+                "partition table until a deploy completes"
+            ) from e
+        finally:
+            source.close()
+        result.disks.append(stats)
+        events.log(
+            f"{disk.target.path}: {stats.data_bytes} bytes written as data, "
+            f"{stats.zeroed_bytes + stats.zero_detected} zeroed, "
+            f"{stats.verified_bytes} verified by read-back, in {stats.seconds:.1f} s"
+        )
+        if disk.larger_by > 0 and request.grow:
+            events.log(
+                f"{disk.target.path} is {disk.larger_by} bytes larger than the "
+                "image: growing the last partition is not in this build yet",
+                "warning",
+            )
+    events.log(
+        "hardware fixups (drivers, bootloader, NIC names"
+        + (f", hostname {request.hostname}" if request.hostname else "")
+        + ") are not in this build yet: the disks hold the image as it is",
+        "warning",
+    )
+    return result

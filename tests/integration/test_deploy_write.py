@@ -1,0 +1,181 @@
+"""``ferry deploy`` onto real block devices (loop devices over files full of
+old data), as a technician runs it: the image reads back byte for byte and
+everything else reads as zeros; refusals leave the disk untouched; a link
+cut during the write is resumed."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from test_wire_support import D, Proxy, S, Z, expected_image, write_source
+
+from converters.deploy import DeployRequest, deploy, list_images
+from converters.events import EventStream, Progress
+from converters.wire.client import DiskSource, upload
+from converters.wire.pairing import Pairing
+
+MiB = 1 << 20
+REPO = Path(__file__).resolve().parents[2]
+# Data at both ends: the partition table areas held back to the last step.
+LAYOUT = [
+    (3 * MiB, D, "random"),
+    (8 * MiB, Z, "hole"),
+    (4 * MiB, S, "random"),
+    (9 * MiB + 4096, D, "text"),
+    (MiB - 4096, D, "zeros"),
+    (6 * MiB, Z, "hole"),
+    (MiB, D, "random"),
+]
+IMAGE_SIZE = 32 * MiB
+
+
+def old_disk(path: Path, size: int) -> Path:
+    """A disk that has been used: old data everywhere, which a deploy must
+    not leave readable."""
+    rng = random.Random(99)
+    with open(path, "wb") as f:
+        for _ in range(size // MiB):
+            f.write(rng.randbytes(MiB))
+    return path
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@contextmanager
+def loop_device(path: Path):
+    dev = subprocess.run(
+        ["losetup", "-f", "--show", str(path)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    try:
+        yield dev
+    finally:
+        subprocess.run(["losetup", "-d", dev], check=False)
+
+
+def ferry(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "converters.cli", "deploy", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
+
+
+@pytest.fixture
+def image(tmp_path) -> tuple[Path, Path]:
+    """A qcow2 image (as a USB stick holds it) and the raw bytes it reads as."""
+    raw = tmp_path / "src.raw"
+    emap = write_source(raw, LAYOUT)
+    expected = expected_image(raw, emap, tmp_path / "expected.raw")
+    qcow2 = tmp_path / "lab.qcow2"
+    subprocess.run(
+        ["qemu-img", "convert", "-q", "-O", "qcow2", expected, qcow2], check=True
+    )
+    return qcow2, expected
+
+
+def assert_disk_is_image_then_zeros(disk: Path, expected: Path) -> None:
+    data = disk.read_bytes()
+    want = expected.read_bytes()
+    assert data[: len(want)] == want
+    assert data[len(want) :] == bytes(len(data) - len(want))
+
+
+def test_a_local_image_is_written_exactly_and_the_old_data_is_zeroed(image, tmp_path):
+    qcow2, expected = image
+    disk = old_disk(tmp_path / "disk.img", 48 * MiB)
+    with loop_device(disk) as dev:
+        name = Path(dev).name
+        run = ferry("--image", str(qcow2), "--target", dev, "--confirm", name)
+    assert run.returncode == 0, run.stderr
+    assert_disk_is_image_then_zeros(disk, expected)
+    assert "verified by read-back" in run.stderr
+    # Only the image's allocated data was written as data: its 13 MiB and
+    # 4 KiB of non-zero bytes, rounded up to the qcow2's 64 KiB clusters.
+    written = re.search(r"(\d+) bytes written as data", run.stderr)
+    assert written, run.stderr
+    assert 13 * MiB + 4096 <= int(written[1]) <= 13 * MiB + 64 * 1024 * 2
+
+
+@pytest.mark.parametrize(
+    "disk_size, confirm, mount, reason",
+    [
+        (48 * MiB, None, False, "is not confirmed"),
+        (48 * MiB, "loop-other", False, "is not confirmed"),
+        (16 * MiB, "NAME", False, "is too small"),
+        (48 * MiB, "NAME", True, "is in use (mounted at"),
+    ],
+    ids=["no-confirmation", "wrong-disk-named", "too-small", "mounted"],
+)
+def test_refused_deploys_write_nothing(
+    image, tmp_path, disk_size, confirm, mount, reason
+):
+    qcow2, _ = image
+    disk = old_disk(tmp_path / "disk.img", disk_size)
+    if mount:
+        subprocess.run(["mkfs.ext4", "-q", "-F", str(disk)], check=True)
+    before = sha256(disk)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    with loop_device(disk) as dev:
+        if mount:
+            # read-only: the mount itself must not change the disk
+            subprocess.run(["mount", "-o", "ro,noload", dev, str(mnt)], check=True)
+        try:
+            args = ["--image", str(qcow2), "--target", dev]
+            if confirm:
+                args += ["--confirm", confirm.replace("NAME", Path(dev).name)]
+            run = ferry(*args)
+        finally:
+            if mount:
+                subprocess.run(["umount", str(mnt)], check=True)
+    assert run.returncode == 1
+    assert reason in run.stderr and "nothing was written" in run.stderr, run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1, run.stderr
+    assert sha256(disk) == before
+
+
+def test_a_server_image_survives_a_cut_link_and_reads_back_exactly(
+    tmp_path, serve, pairing
+):
+    raw = tmp_path / "src.raw"
+    emap = write_source(raw, LAYOUT)
+    upload(pairing, "pc1", [DiskSource("sda", raw, emap)])
+    expected = expected_image(raw, emap, tmp_path / "expected.raw")
+    proxy = Proxy(pairing.port)
+    via_proxy = Pairing("127.0.0.1", proxy.port, pairing.fingerprint, pairing.secret)
+    events = EventStream()
+    cut = []
+
+    def cut_once(event) -> None:
+        if isinstance(event, Progress) and not cut and event.done < event.total:
+            cut.append(event.done)
+            proxy.cut()
+
+    events.subscribe(cut_once)
+    disk = old_disk(tmp_path / "disk.img", 40 * MiB)
+    try:
+        (info,) = list_images(via_proxy)
+        with loop_device(disk) as dev:
+            request = DeployRequest(info, [("sda", dev)], [Path(dev).name])
+            result = deploy(request, events)
+    finally:
+        proxy.close()
+    assert cut and proxy.cuts >= 1
+    (stats,) = result.disks
+    assert stats.link_failures >= 1
+    assert_disk_is_image_then_zeros(disk, expected)
+    assert stats.verified_bytes == stats.data_bytes > 0
