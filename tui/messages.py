@@ -42,6 +42,16 @@ class ConnectionTested(Message):
 
 
 @dataclass
+class NetworkApplied(Message):
+    """A NIC's configuration was applied (``how``: networkd or ip), or
+    ``error`` says why not."""
+
+    nic: str
+    how: str = ""
+    error: str = ""
+
+
+@dataclass
 class ImagesListed(Message):
     images: list[Image]
     error: str = ""

@@ -28,6 +28,12 @@ class Probe:
         # The storage path only matters to the KVM role's free-space check.
         return [make() for make in doctor.checks_for("live", Path("/var/lib/ferry"))]
 
+    def configure(self, config) -> str:
+        """Apply a converters.network_config.NicConfig; returns how."""
+        from converters import network_config
+
+        return network_config.apply(config)
+
     def address_methods(self, nic: str) -> dict[str, str]:
         """Address -> "DHCP" or "static": the kernel marks leased addresses
         "dynamic" (they carry a lifetime), static ones live forever."""
@@ -56,9 +62,14 @@ class FixedProbe(Probe):
     fixed_checks: list[Check] = field(default_factory=list)
     methods: dict[str, dict[str, str]] = field(default_factory=dict)
     include_loop: bool = False
+    configured: list = field(default_factory=list)  # what configure() got
 
     def machine(self) -> Machine:
         return self.fixed_machine
+
+    def configure(self, config) -> str:
+        self.configured.append(config)
+        return "networkd"
 
     def checks(self) -> list[Check]:
         return list(self.fixed_checks)

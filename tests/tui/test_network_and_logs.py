@@ -84,3 +84,24 @@ async def test_the_log_is_saved_onto_a_stick(serve, pairing, loop_disks):
     ).stdout
     assert "Cannot reach the server" in listing
     assert "== P2V capture to 127.0.0.1" in listing
+
+
+async def test_a_bad_static_address_is_refused_and_dhcp_goes_to_the_engine():
+    from converters.network_config import dhcp
+    from tests.tui import fixed
+
+    probe = fixed.probe()
+    app = create_app(probe=probe)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: app.machine is not None)
+        await pilot.press("n", "tab", *"10.0.0.15", "ctrl+g")
+        status = app.screen.query_one("#net-status")
+        shown = str(status.render())
+        assert shown == (
+            "eno1: address '10.0.0.15' needs a prefix length, e.g. "
+            "192.168.1.20/24; nothing was changed."
+        )
+        assert probe.configured == []
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: "configured" in str(status.render()))
+    assert probe.configured == [dhcp("eno1")]

@@ -22,6 +22,7 @@ class NicTable(DataTable):
     def __init__(self, with_method: bool = False, **kwargs) -> None:
         super().__init__(cursor_type="row", **kwargs)
         self.with_method = with_method
+        self.row_nics: list[str] = []  # the NIC each row belongs to
         # 78 columns inside a border: the widths plus one cell of padding
         # on each side of each column.
         columns = [("NIC", 9), ("MAC", 17), ("Link", 4), ("Address", 24)]
@@ -31,6 +32,7 @@ class NicTable(DataTable):
 
     def show(self, nics: tuple[Nic, ...], methods: dict | None = None) -> None:
         self.clear()
+        self.row_nics = []
         methods = methods or {}
         for nic in nics:
             addresses = [a for a in nic.addresses if not a.startswith("fe80:")]
@@ -39,7 +41,16 @@ class NicTable(DataTable):
             if not self.with_method:
                 last = nic.driver
             self.add_row(nic.name, nic.mac, link_text(nic), first, last, key=nic.name)
+            self.row_nics.append(nic.name)
             # Further addresses on rows of their own, under the NIC.
             for extra in addresses[1:]:
                 how = methods.get(nic.name, {}).get(extra, "")
                 self.add_row("", "", "", extra, how if self.with_method else "")
+                self.row_nics.append(nic.name)
+
+    @property
+    def nic(self) -> str | None:
+        """The NIC under the cursor."""
+        if 0 <= self.cursor_row < len(self.row_nics):
+            return self.row_nics[self.cursor_row]
+        return None
