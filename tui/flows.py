@@ -8,7 +8,9 @@ the failed screen can say "nothing was written" only when that is true.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -42,6 +44,15 @@ class Flow:
     def failed(self, err: BaseException) -> Outcome:
         raise NotImplementedError
 
+    def cancel(self) -> None:
+        """Ask the engine to stop (engines without a cancel signal stop at
+        their next event, where the progress screen's listener raises)."""
+
+    @property
+    def stops_itself(self) -> bool:
+        """The engine call now running honours cancel() by itself."""
+        return False
+
 
 @dataclass
 class P2VFlow(Flow):
@@ -52,6 +63,9 @@ class P2VFlow(Flow):
     # answers (converters.unattended.choose_server); empty: request.server.
     servers: list = field(default_factory=list)
     sending: bool = field(default=False, init=False)
+    # The uploader checks it between chunks (and between retries while the
+    # link is down), so a cancel stops the workers, not only the events.
+    stop: threading.Event = field(default_factory=threading.Event, init=False)
     kind = "P2V capture"
 
     def __post_init__(self) -> None:
@@ -66,6 +80,13 @@ class P2VFlow(Flow):
     @property
     def title(self) -> str:
         return f"P2V capture to {self.address}, VM {self.request.name}"
+
+    def cancel(self) -> None:
+        self.stop.set()
+
+    @property
+    def stops_itself(self) -> bool:
+        return self.sending  # the uploader runs from the session step on
 
     def _watch(self, event: Event) -> None:
         # The uploader announces the session before it creates it.
@@ -90,6 +111,10 @@ class P2VFlow(Flow):
             f"{fmt.size(server.free_bytes)} free"
         )
         events.subscribe(self._watch)
+        # This run's own signal: a retry is a new flow with a clear one.
+        self.request.options = dataclasses.replace(
+            self.request.options, cancel=self.stop
+        )
         result = capture(self.request, events)
         disks = ", ".join(result.disks) or "no disks"
         return Outcome(
@@ -104,7 +129,7 @@ class P2VFlow(Flow):
 
     def failed(self, err: BaseException) -> Outcome:
         again = P2VFlow(self.request, self.servers)
-        if isinstance(err, Cancelled):
+        if isinstance(err, Cancelled) or self.stop.is_set():
             sentence = (
                 "The capture was stopped: retry resumes it where it stopped."
                 if self.sending

@@ -8,7 +8,7 @@ import threading
 import time
 
 from converters.doctor import OK, WARN, Check
-from converters.events import EventStream, Log, Progress
+from converters.events import EventStream, LinkLost, Log, Progress
 from converters.inventory import Disk, Machine, Nic, Partition
 from tui.deploy_link import Image, ImageDisk
 from tui.flows import Flow, Outcome
@@ -157,13 +157,12 @@ class ScriptedFlow(Flow):
             )
         )
         if self.lost_link:
-            events.emit(
-                Log(
-                    "warning",
-                    "link down: PUT /v1/sessions/web01/disks/sda: [Errno 104] "
-                    "Connection reset by peer; retrying",
-                )
+            reason = (
+                "link down: PUT /v1/sessions/web01/disks/sda: [Errno 104] "
+                "Connection reset by peer"
             )
+            events.emit(Log("warning", f"{reason}; retrying"))
+            events.emit(LinkLost(reason))
         self.emitted.set()
         worker = get_current_worker()
         while not worker.is_cancelled:

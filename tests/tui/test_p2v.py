@@ -200,3 +200,47 @@ async def test_a_lost_link_shows_reconnecting_and_the_capture_resumes(
     assert progress.reconnects >= 1
     assert seen and "reconnecting" in str(seen[0])
     assert all(d["complete"] for d in record(serve, "link")["disks"])
+
+
+@pytest.mark.timeout(300)
+async def test_cancel_while_the_link_is_down_stops_the_uploader_within_seconds(
+    serve, pairing, loop_disks
+):
+    """The uploader would retry a dead link for ten minutes: the cancel
+    signal must end its workers, not only the screen."""
+    import threading
+    import time
+
+    from converters.wire.pairing import Pairing
+
+    disk = loop_disks("dead", size_mib=96, fill_mib=40)
+    proxy = Proxy(pairing.port)
+    proxy.cut_after = 8 << 20
+    via = Pairing(pairing.host, proxy.port, pairing.fingerprint, pairing.secret)
+    app = create_app(include_loop=True)
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            await fill_p2v(pilot, str(via), [disk.name], "dead")
+            await pilot.press("ctrl+g")
+            progress = await wait_for(
+                pilot,
+                lambda: isinstance(app.screen, ProgressScreen) and app.screen,
+            )
+            await wait_for(pilot, lambda: progress.reconnecting, 120, "link lost")
+            proxy.close()  # and it stays down: every retry is refused
+            link = str(progress.query_one("#link").render())
+            await pilot.press("c", "y")
+            asked = time.monotonic()
+            done = await finished(pilot, 60)
+            stopped_in = time.monotonic() - asked
+            senders = [t for t in threading.enumerate() if "ferry-send" in t.name]
+    finally:
+        proxy.close()
+    assert "reconnecting" in link
+    assert done.outcome.title == "Capture stopped", done.outcome
+    assert "retry resumes it" in done.outcome.sentence
+    # The backoff sleeps at most 8 s between checks of the signal.
+    assert stopped_in < 15, stopped_in
+    print(f"stopped {stopped_in:.1f} s after the cancel was confirmed")
+    assert senders == []
+    assert not any(d["complete"] for d in record(serve, "dead")["disks"])

@@ -20,19 +20,13 @@ from textual.reactive import reactive
 from textual.screen import Screen
 from textual.widgets import Footer, RichLog, Static
 
-from converters.events import Log, Progress, Step
+from converters.events import LinkLost, Log, Progress, Step
 from tui.flows import Cancelled, Flow
 from tui.messages import FlowEnded, FlowEvent
 from tui.widgets.progress import DiskProgress
 from tui.widgets.titlebar import TitleBar
 
 log = logging.getLogger(__name__)
-
-
-def is_link_retry(event: Log) -> bool:
-    # The uploader's backoff logs "link down: ...; retrying" once per
-    # outage (converters/wire/client.py).
-    return event.level == "warning" and event.message.startswith("link down")
 
 
 class ProgressScreen(Screen):
@@ -95,10 +89,13 @@ class ProgressScreen(Screen):
         self.post_message(FlowEnded(outcome))
 
     def _listen(self, event) -> None:
-        # An engine call cannot be interrupted from outside: the next event
-        # it emits raises, and the engine unwinds as on any error (the
-        # server keeps what it committed, so a retry resumes).
-        if self.stopping or (self._worker and self._worker.is_cancelled):
+        # Before the uploader runs (inventory, maps), an engine call cannot
+        # be interrupted from outside: the next event it emits raises, and
+        # the engine unwinds as on any error. The uploader stops itself on
+        # the flow's cancel signal (the server keeps what it committed, so
+        # a retry resumes).
+        cancelled = self._worker and self._worker.is_cancelled
+        if (self.stopping and not self.flow.stops_itself) or cancelled:
             raise Cancelled()
         self.post_message(FlowEvent(event))
 
@@ -115,9 +112,11 @@ class ProgressScreen(Screen):
         elif isinstance(event, Log):
             prefix = "" if event.level == "info" else f"{event.level}: "
             self._write(prefix + event.message)
-            if is_link_retry(event):
-                self.reconnects += 1
-                self.reconnecting = True
+        elif isinstance(event, LinkLost):
+            # Once per outage, from the wire's backoff; bytes moving again
+            # (in _progress) end it.
+            self.reconnects += 1
+            self.reconnecting = True
 
     def _progress(self, p: Progress) -> None:
         try:
@@ -147,7 +146,8 @@ class ProgressScreen(Screen):
         def answer(yes: bool | None) -> None:
             if yes:
                 self.stopping = True
-                self.step = "stopping at the next event..."
+                self.flow.cancel()
+                self.step = "stopping..."
 
         kind = self.flow.kind
         self.app.push_screen(
