@@ -1,9 +1,10 @@
 """The golden path, unattended P2V: the phys-bios machine (physical-bios
 hardware, its disk on SATA) boots the live environment with `ferry.mode=p2v`
 and the keys `ferry serve` printed (with the address the guest sees),
-captures its disk into the server and powers off; the session is converted
-and boots as the same machine on virtio hardware: its hostname, its NIC name
-on the MAC it keeps, its address, its data.
+captures its disk into the server and powers off; the server converts the
+session on its own, and the VM boots as the same machine on virtio
+hardware: its hostname, its NIC name on the MAC it keeps, its address, its
+data.
 
 Once booted from the ISO as a CD on SeaBIOS (the keys in the default entry,
 as `make image FERRY_KEYS=...` makes it) and once over PXE (the keys in
@@ -35,6 +36,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.image]
 # Under TCG the guest's TLS and zstd run emulated: about a GiB of live data
 # takes minutes; the margin covers a loaded host.
 CAPTURE_TIMEOUT = 2400
+# the guest's initramfs tool runs in the emulated guestfs appliance
+CONVERT_TIMEOUT = 1800
 SESSION = "golden"
 
 
@@ -59,7 +62,8 @@ def captured(request, live_image, machine_builder, tmp_path_factory):
     boot = request.cls.boot
     machine = machine_builder("phys-bios")
     work = tmp_path_factory.mktemp(f"golden-{boot}")
-    server = Serve(work / "storage", work / "serve.log")
+    # ferry serve converts the capture itself once it is complete
+    server = Serve(work / "storage", work / "serve.log", convert=True)
     pairing = server.start()
     # QEMU's user network shows the host's loopback as 10.0.2.2.
     seen = Pairing("10.0.2.2", pairing.port, pairing.fingerprint, pairing.secret)
@@ -135,17 +139,14 @@ class GoldenPath:
 
     @pytest.mark.timeout(3600)
     def test_the_captured_machine_boots_as_itself_on_virtio(self, captured, workdir):
-        from tests.e2e.convert_helpers import (
-            BOOT_TIMEOUT,
-            boot,
-            log_tail,
-            run_convert_cli,
-        )
+        from converters.wire import autoconvert
+        from tests.e2e.convert_helpers import BOOT_TIMEOUT, boot, log_tail
 
         assert captured.done and "DONE" in captured.done.group(0), "no capture"
         session = captured.server.storage / SESSION
-        code, took = run_convert_cli(session)
-        assert code == 0, log_tail(session)
+        status = autoconvert.wait(session, timeout=CONVERT_TIMEOUT)
+        assert status and status.state == "converted", (status, log_tail(session))
+        took = status.seconds
         profile = PROFILES["virtual"]
         with boot(session, profile, workdir) as vm:
             marker = vm.wait_marker(BOOT_TIMEOUT)
