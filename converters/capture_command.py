@@ -57,12 +57,33 @@ def register(subparsers) -> None:
         action="store_true",
         help="also offer loop devices (captures of image files)",
     )
+    p.add_argument(
+        "--live",
+        action="store_true",
+        help="capture this running machine: disk pre-copy, then a short "
+        "freeze of its filesystems (docs/live-capture.md)",
+    )
+    p.add_argument(
+        "--writer-cgroup",
+        metavar="CGROUP",
+        help="with --live: cgroup v2 of the writers to limit (io.max)",
+    )
+    p.add_argument(
+        "--writer-limit",
+        type=rate,
+        metavar="RATE",
+        help="with --live: write rate allowed to --writer-cgroup while copying",
+    )
     p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
     events = EventStream()
     events.subscribe(print_listener(sys.stdout))
+    if args.live:
+        from converters.live_capture_command import run_live
+
+        return run_live(args, events)
     request = CaptureRequest(
         server=args.server,
         disks=None if args.disks == "all" else args.disks.split(","),
