@@ -279,7 +279,9 @@ class _Uploader:
             return
         payload = encode_payload(encoder, view)
         body = self.throttle.slices(payload.body) if self.throttle else None
+        started = time.perf_counter()
         client.put(session, job.name, item.offset, payload, body)
+        encoder.sent(len(payload.body), time.perf_counter() - started)
         job.meter.add(
             item.length,
             data_sent=item.length,

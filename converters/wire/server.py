@@ -226,6 +226,7 @@ class DiskView(_View):
         digest = request.headers.get(CHECKSUM_HEADER)
         if not digest:
             raise BadRequest(reason=f"{CHECKSUM_HEADER} is required")
+        protocol.checksum_algorithm(digest)  # before a byte of the body is read
         encoding = request.headers.get("Content-Encoding", "identity").lower()
         async with session.buffers.get() as buf:
             body = await _read_body(request, memoryview(buf)[:size])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 import pytest
@@ -33,7 +34,42 @@ def test_auto_compresses_only_when_it_pays():
 def test_the_checksum_covers_the_disk_bytes_not_the_compressed_ones():
     payload = protocol.Encoder("zstd").encode(TEXT[:65536])
     assert payload.checksum == protocol.checksum(TEXT[:65536])
-    assert payload.checksum.startswith("sha256:")
+    assert payload.checksum.startswith("xxh3-128:")
+
+
+def test_sha256_checksums_are_still_accepted():
+    data = os.urandom(4096)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    protocol.verify(data, digest, 0)
+    with pytest.raises(ChecksumMismatch):
+        protocol.verify(data[:-1] + b"!", digest, 0)
+
+
+def test_xxh3_checksums_are_the_canonical_hex_of_xxh3_128():
+    # The value xxhsum -H2 prints for "abc" (xxHash 0.8).
+    assert protocol.checksum(b"abc") == "xxh3-128:06b05ab6733a618578af5f94892f3950"
+
+
+@pytest.mark.parametrize("header", ["md5:00", "deadbeef", "", "crc32:1"])
+def test_an_unknown_checksum_algorithm_is_a_bad_request(header):
+    with pytest.raises(BadRequest) as caught:
+        protocol.verify(b"data", header, 0)
+    assert "X-Ferry-Checksum" in str(caught.value)
+
+
+def test_auto_stops_compressing_when_sending_is_cheaper_than_zstd():
+    encoder = protocol.Encoder("auto")
+    chunk = TEXT[: 8 << 20]
+    assert encoder.encode(chunk).encoding == "zstd"  # nothing measured yet
+    # A link that takes 1 s per GiB (compression takes far longer per byte
+    # saved): sending raw is quicker.
+    for _ in range(10):
+        encoder.sent(8 << 20, (8 << 20) / (1 << 30))
+    assert encoder.encode(chunk).encoding == "identity"
+    # A link of 10 MB/s: every saved byte is worth the CPU.
+    for _ in range(10):
+        encoder.sent(8 << 20, (8 << 20) / 10e6)
+    assert encoder.encode(chunk).encoding == "zstd"
 
 
 def test_a_flipped_byte_is_a_checksum_mismatch():
