@@ -6,16 +6,17 @@ call; tui/deploy_link.py is the TUI's seam).
     plan_deploy(request)           every check, before a byte is written
     deploy(request, events)        plan, then write and verify each disk
 
-Not in this build yet (see docs/deploy.md): growing the last partition and
-its filesystem, and the fixups for the real hardware (drivers, bootloader,
-NIC names, hostname) through the chroot backend of the fixups library. A
-deploy says so in its event stream rather than pretending.
+After the write, the first disk is made to boot on this machine
+(deploy_fixups: the chroot backend of the fixups library). Not in this
+build yet (see docs/deploy.md): growing the last partition and its
+filesystem, and shrinking; a deploy says so rather than pretending.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from converters import deploy_fixups
 from converters.deploy_plan import (
     DeployError,
     DeployPlan,
@@ -35,6 +36,7 @@ from converters.deploy_source import (
 from converters.deploy_target import Target
 from converters.deploy_write import WriteOptions, WriteStats, write_disk
 from converters.events import EventStream
+from converters.fixups.guest import FixupError
 from converters.wire.errors import WireError
 from converters.wire.pairing import Pairing
 
@@ -54,6 +56,7 @@ __all__ = [
 class DeployResult:
     plan: DeployPlan
     disks: list[WriteStats] = field(default_factory=list)
+    fixups: deploy_fixups.FixupReport | None = None
 
 
 def image_disks(image) -> dict[str, int]:
@@ -123,10 +126,23 @@ def deploy(
                 "image: growing the last partition is not in this build yet",
                 "warning",
             )
-    events.log(
-        "hardware fixups (drivers, bootloader, NIC names"
-        + (f", hostname {request.hostname}" if request.hostname else "")
-        + ") are not in this build yet: the disks hold the image as it is",
-        "warning",
-    )
+    if request.fixups and plan.disks:
+        first = plan.disks[0]
+        hardware = request.hardware or deploy_fixups.this_machine(first.target.path)
+        events.step("fixups", f"{first.target.path} for this machine")
+        try:
+            result.fixups = deploy_fixups.fix(
+                first.target.path,
+                hardware,
+                request.hostname,
+                first.image_disk,
+                events,
+            )
+        except FixupError as e:
+            raise DeployError(
+                f"{first.target.path} was written and verified, but making it "
+                f"boot on this machine failed: {e}"
+            ) from e
+    else:
+        events.log("fixups skipped: the disks hold the image as it is", "warning")
     return result

@@ -1,5 +1,5 @@
 """`ferry deploy --image SOURCE --target DISK[,DISK2] --confirm NAME_OR_SERIAL
-[--server PAIRING] [--hostname H] [--no-grow] [--shrink]`, and
+[--server PAIRING] [--hostname H] [--no-grow] [--shrink] [--no-fixups]`, and
 `ferry deploy --server PAIRING --list`.
 
 SOURCE is the name of an image on the server given with --server, or else
@@ -39,6 +39,11 @@ def register(subparsers) -> None:
     p.add_argument("--hostname", help="host name of the deployed system")
     p.add_argument("--no-grow", action="store_true", help="keep the image's size")
     p.add_argument("--shrink", action="store_true", help="allow a smaller disk")
+    p.add_argument(
+        "--no-fixups",
+        action="store_true",
+        help="a raw copy: do not adapt the system to this machine",
+    )
     p.set_defaults(func=main)
 
 
@@ -83,6 +88,7 @@ def main(args) -> int:
             hostname=args.hostname,
             grow=not args.no_grow,
             shrink=args.shrink,
+            fixups=not args.no_fixups,
         )
         events = EventStream()
         events.subscribe(print_listener(sys.stderr))

@@ -34,6 +34,11 @@ class DeployRequest:
     hostname: str | None = None
     grow: bool = True
     shrink: bool = False
+    # Make the first disk boot on this machine (drivers, bootloader, NIC
+    # names, hostname); off only for a raw copy.
+    fixups: bool = True
+    # The hardware to fix for; None: this machine (deploy_fixups.this_machine).
+    hardware: object = None
 
 
 @dataclass(frozen=True)

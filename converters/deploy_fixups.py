@@ -1,0 +1,216 @@
+"""The fixups of a V2P deploy: the written disk opened with the chroot
+backend and made to boot on the hardware the live environment sees.
+
+The same pipeline as a conversion (converters/fixups/pipeline.py) with what
+this machine needs instead of virtio: the kernel modules bound to the
+target disk's controller chain and to each NIC (sysfs: the ``module`` link
+of every driver on the device's path), NIC names pinned to this machine's
+MACs in the order the image's network configuration names its interfaces,
+the firmware the live environment booted with, a hostname (``{mac}`` and
+``{serial}`` filled in for labs), and the qemu guest agent masked.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from converters.events import EventStream
+from converters.fixups import chroot_backend, nic_names, pipeline
+from converters.fixups.device_names import SourceDisk
+from converters.fixups.guest import FixupError, GuestOS
+
+SYS = Path("/sys")
+# Masked on metal: they wait for a virtio-serial port that is not there.
+VIRTUAL_ONLY = ("qemu-guest-agent.service", "spice-vdagent.service")
+# Modules of disks and filesystems themselves (not on a controller's path).
+DISK_MODULES = {"sd": "sd_mod", "nvme": "nvme", "vd": "virtio_blk"}
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """What the deployed system must boot on."""
+
+    firmware: str  # "bios" or "uefi"
+    modules: tuple[str, ...]
+    macs: tuple[str, ...] = ()  # NICs in order
+    serial: str = ""  # the target disk's
+
+
+@dataclass(frozen=True)
+class _Nic:
+    name: str
+    mac: str
+
+
+@dataclass
+class FixupReport:
+    hostname: str = ""
+    pins: list[tuple[str, str]] = field(default_factory=list)  # name, mac
+    modules: tuple[str, ...] = ()
+    bootloader: str = ""
+
+
+def live_firmware() -> str:
+    return "uefi" if (SYS / "firmware/efi").is_dir() else "bios"
+
+
+def _module_of(device: Path) -> str:
+    link = device / "driver/module"
+    return os.path.basename(os.path.realpath(link)) if link.exists() else ""
+
+
+def chain_modules(sys_device: Path) -> list[str]:
+    """Modules of the drivers bound along a device's path to the root."""
+    found = []
+    path = sys_device.resolve()
+    while path != path.parent and str(path).startswith(str(SYS / "devices")):
+        module = _module_of(path)
+        if module and module not in found:
+            found.append(module)
+        path = path.parent
+    return found
+
+
+def this_machine(target: str) -> Hardware:
+    """The firmware, modules, NIC MACs and disk serial of this machine."""
+    name = os.path.basename(os.path.realpath(target))
+    modules = chain_modules(SYS / "class/block" / name / "device")
+    for prefix, module in DISK_MODULES.items():
+        if name.startswith(prefix) and module not in modules:
+            modules.append(module)
+    macs = []
+    for nic in sorted((SYS / "class/net").glob("*")):
+        if not (nic / "device").exists():
+            continue  # virtual: lo, bridges, veth
+        modules += [m for m in chain_modules(nic / "device") if m not in modules]
+        macs.append((nic / "address").read_text().strip())
+    serial_file = SYS / "class/block" / name / "device/serial"
+    serial = serial_file.read_text().strip() if serial_file.exists() else ""
+    return Hardware(live_firmware(), tuple(modules), tuple(macs), serial)
+
+
+def hostname_for(pattern: str, hardware: Hardware) -> str:
+    mac = hardware.macs[0].replace(":", "") if hardware.macs else ""
+    name = pattern.replace("{mac}", mac).replace("{serial}", hardware.serial)
+    return name.lower().strip("-")[:63]
+
+
+def set_hostname(guest: GuestOS, name: str) -> None:
+    old = guest.read("/etc/hostname").strip() if guest.is_file("/etc/hostname") else ""
+    guest.write("/etc/hostname", name + "\n")
+    if guest.is_file("/etc/hosts"):
+        lines = []
+        for line in guest.read("/etc/hosts").splitlines():
+            fields = line.split()
+            if old and old in fields[1:]:
+                line = " ".join(name if f == old else f for f in fields)
+            lines.append(line)
+        guest.write("/etc/hosts", "\n".join(lines) + "\n")
+
+
+def mask_virtual_only(guest: GuestOS) -> list[str]:
+    masked = []
+    for unit in VIRTUAL_ONLY:
+        if any(guest.is_file(f"{d}/{unit}") for d in ("/lib/systemd/system",)):
+            guest.run_command(
+                ["ln", "-sfn", "/dev/null", f"/etc/systemd/system/{unit}"]
+            )
+            masked.append(unit)
+    return masked
+
+
+def install_bootloader(guest, disk: str, firmware: str, real_nodes: bool) -> str:
+    """BIOS: grub on the disk's boot area; UEFI: grub on the ESP (its NVRAM
+    entry made by grub-install through efibootmgr; the fallback path is a
+    pipeline step)."""
+    if firmware == "uefi":
+        esp = next(
+            (
+                m.mountpoint
+                for m in guest.mounts()
+                if m.mountpoint in ("/boot/efi", "/efi")
+            ),
+            None,
+        )
+        if esp is None:
+            raise FixupError(
+                "this machine boots UEFI but the image has no EFI system "
+                "partition: converting an MBR image to GPT + ESP is not "
+                "supported yet; boot the live environment in BIOS mode"
+            )
+        guest.run_command(
+            ["grub-install", "--target=x86_64-efi", f"--efi-directory={esp}"]
+        )
+        return f"grub-install x86_64-efi on {esp} with an NVRAM entry"
+    if not real_nodes:
+        # grub-install maps /boot to its disk through the kernel's partition
+        # nodes; with loop stand-ins it cannot, and the image's own BIOS
+        # boot code (written with the image) already finds /boot by UUID.
+        return "BIOS: the image's boot code kept (no kernel partition nodes)"
+    guest.run_command(["grub-install", "--target=i386-pc", disk])
+    return f"grub-install i386-pc on {disk}"
+
+
+def fix(
+    target: str,
+    hardware: Hardware,
+    hostname: str | None,
+    image_disk: str,
+    events: EventStream,
+) -> FixupReport:
+    report = FixupReport()
+    _reread_partitions(target)
+    with chroot_backend.open_disk(target) as guest:
+        names = [name for name, _ in nic_names.configured_names(guest)]
+        nics = [_Nic(n, m) for n, m in zip(names, hardware.macs, strict=False)]
+        report.pins = [(n.name, n.mac) for n in nics]
+        root_dev = next(m.device for m in guest.mounts() if m.mountpoint == "/")
+        root_fs = next(
+            (f.fstype for f in guest.filesystems() if f.device == root_dev), ""
+        )
+        wanted = [*hardware.modules, root_fs] if root_fs else list(hardware.modules)
+        modules = tuple(dict.fromkeys(wanted))
+        report.modules = modules
+        request = pipeline.Request(
+            source_disks=[SourceDisk(image_disk)],
+            nics=tuple(nics),
+            firmware=hardware.firmware,
+            modules=modules,
+            pin_nics=bool(nics),
+        )
+        pipeline.run(guest, request, events)
+        if hostname:
+            report.hostname = hostname_for(hostname, hardware)
+            set_hostname(guest, report.hostname)
+            events.log(f"hostname: {report.hostname}")
+        for unit in mask_virtual_only(guest):
+            events.log(f"agents: masked {unit} (virtual machines only)")
+        events.step("bootloader", hardware.firmware)
+        report.bootloader = install_bootloader(
+            guest, target, hardware.firmware, _has_kernel_nodes(guest)
+        )
+        events.log(f"bootloader: {report.bootloader}")
+    return report
+
+
+def _has_kernel_nodes(guest) -> bool:
+    """The guest's filesystems are on the kernel's own partition nodes."""
+    return all(
+        (SYS / "class/block" / os.path.basename(m.device) / "partition").exists()
+        for m in guest.mounts()
+    )
+
+
+def _reread_partitions(target: str) -> None:
+    """Ask the kernel to read the new table, so the chroot uses its own
+    partition nodes (refused on loop devices without partition scanning:
+    loop stand-ins are used then)."""
+    subprocess.run(
+        ["blockdev", "--rereadpt", target],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        check=False,
+    )
