@@ -42,6 +42,13 @@ class ConnectionTested(Message):
 
 
 @dataclass
+class UsedSpaceRead(Message):
+    """Partition name -> bytes in use (None: unknown), for one disk."""
+
+    used: dict[str, int | None]
+
+
+@dataclass
 class NetworkApplied(Message):
     """A NIC's configuration was applied (``how``: networkd or ip), or
     ``error`` says why not."""

@@ -34,6 +34,12 @@ class Probe:
 
         return network_config.apply(config)
 
+    def used_space(self, partition) -> int | None:
+        """Bytes in use on an inventory Partition, None when unknown."""
+        from tui.used_space import used_bytes
+
+        return used_bytes(f"/dev/{partition.name}", partition.fstype)
+
     def address_methods(self, nic: str) -> dict[str, str]:
         """Address -> "DHCP" or "static": the kernel marks leased addresses
         "dynamic" (they carry a lifetime), static ones live forever."""
@@ -63,9 +69,13 @@ class FixedProbe(Probe):
     methods: dict[str, dict[str, str]] = field(default_factory=dict)
     include_loop: bool = False
     configured: list = field(default_factory=list)  # what configure() got
+    used: dict[str, int] = field(default_factory=dict)  # partition -> bytes
 
     def machine(self) -> Machine:
         return self.fixed_machine
+
+    def used_space(self, partition) -> int | None:
+        return self.used.get(partition.name)
 
     def configure(self, config) -> str:
         self.configured.append(config)

@@ -98,8 +98,17 @@ IMAGE = Image(
 )
 
 
+# What each partition holds (the NVMe's LVM member and the swap: unknown).
+USED = {
+    "sda1": 31 * MiB,
+    "sda2": int(61.2 * GiB),
+    "sdb1": int(1.1 * GiB),
+    "sdc1": 12 * MiB,
+}
+
+
 def probe() -> FixedProbe:
-    return FixedProbe(MACHINE, CHECKS, METHODS)
+    return FixedProbe(MACHINE, CHECKS, METHODS, used=USED)
 
 
 class ScriptedFlow(Flow):

@@ -4,6 +4,7 @@ with ext4 as this machine's disks and a real ferry serve on loopback."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from textual import events
@@ -67,6 +68,11 @@ async def test_p2v_captures_loop_disks_until_the_server_says_complete(
         await fill_p2v(
             pilot, str(pairing), [sys_disk.name, data.name], "tui-cap", typed=True
         )
+        # The VM's size, defaulted from this machine, changed by hand.
+        vcpus = app.screen.query_one("#vcpus", Input)
+        assert vcpus.value == str(min(os.cpu_count(), 8))
+        vcpus.focus()
+        await pilot.press("home", "ctrl+k", "3", "tab", "home", "ctrl+k", *"1536M")
         await pilot.press("ctrl+t")
         status = pilot.app.screen.query_one(".status")
         await wait_for(pilot, lambda: "OK:" in str(status.render()), 30, "test")
@@ -83,6 +89,8 @@ async def test_p2v_captures_loop_disks_until_the_server_says_complete(
     assert {d["name"] for d in saved["disks"]} == {sys_disk.name, data.name}
     assert all(d["complete"] for d in saved["disks"]), saved
     assert any("complete on" in line for line in app.log_lines)
+    inventory = json.loads((serve.storage / "tui-cap" / "inventory.json").read_text())
+    assert (inventory["cpus"], inventory["memory"]) == (3, 1536 << 20)
 
 
 async def test_a_wrong_secret_shows_the_error_screen_and_writes_nothing(

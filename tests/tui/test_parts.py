@@ -137,3 +137,28 @@ def test_only_progress_of_the_same_disk_is_merged():
     assert not a.can_replace(FlowEvent(Progress("sdb", 2, 10)))
     assert not a.can_replace(FlowEvent(Log("info", "x")))
     assert not FlowEvent(Log("info", "x")).can_replace(FlowEvent(Log("info", "y")))
+
+
+def test_used_space_is_read_from_ext4_and_xfs_superblocks_and_unknown_otherwise(
+    tmp_path,
+):
+    import os
+    import subprocess
+
+    from tui.used_space import used_bytes
+
+    MiB = 1 << 20
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "blob").write_bytes(os.urandom(20 * MiB))
+    ext4, xfs = tmp_path / "e.img", tmp_path / "x.img"
+    for image, size in ((ext4, 64), (xfs, 320)):
+        with open(image, "wb") as f:
+            f.truncate(size * MiB)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(src), str(ext4)], check=True)
+    subprocess.run(["mkfs.xfs", "-q", str(xfs)], check=True)
+    # 20 MiB of files plus the journal and tables; never the whole 64.
+    assert 20 * MiB < used_bytes(str(ext4), "ext4") < 40 * MiB
+    assert 0 < used_bytes(str(xfs), "xfs") < 100 * MiB  # an empty XFS: its log
+    assert used_bytes(str(ext4), "vfat") is None
+    assert used_bytes(str(tmp_path / "missing"), "ext4") is None

@@ -59,6 +59,8 @@ def test_disks_with_the_boot_medium_under_the_cursor(snap_compare):
     async def run(pilot):
         await ready(pilot)
         await pilot.press("d", "down", "down")
+        await wait_for(pilot, lambda: "sdb1" in pilot.app.screen.used)
+        await pilot.pause()
 
     assert shot(snap_compare, run)
 

@@ -1,10 +1,12 @@
 """P2V: where to send this machine (the pairing string), which disks, and
-the VM's name; then start. Everything is checked before a byte is sent."""
+the VM's name and size; then start. Everything is checked before a byte is
+sent."""
 
 from __future__ import annotations
 
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.widgets import Footer, Input, Label, SelectionList, Static
 from textual.widgets.selection_list import Selection
@@ -28,6 +30,18 @@ def default_name(machine: Machine) -> str:
     return machine.hostname or "capture"
 
 
+def default_size(machine: Machine) -> tuple[int, int]:
+    """vCPUs and memory (MiB) the VM gets unless the technician changes
+    them: the machine's, within the caps the KVM side applies to them."""
+    from converters.domain import spec
+
+    return spec.vcpus(None, machine.cpus), spec.memory_mib(None, machine.memory)
+
+
+def memory_text(mib: int) -> str:
+    return f"{mib // 1024}G" if mib % 1024 == 0 else f"{mib}M"
+
+
 def default_choice(disk: Disk) -> bool:
     """All fixed disks, as `ferry capture --disks all` takes them."""
     return not disk.removable and not disk.boot_medium
@@ -41,6 +55,11 @@ class P2VScreen(Screen):
     ]
     DEFAULT_CSS = """
     P2VScreen SelectionList { height: auto; max-height: 8; margin: 0 1; }
+    P2VScreen Horizontal { height: 1; }
+    P2VScreen #name { width: 1fr; }
+    P2VScreen .unit { width: auto; padding: 0 0 0 1; }
+    P2VScreen #vcpus { width: 6; }
+    P2VScreen #memory { width: 9; }
     """
 
     def compose(self) -> ComposeResult:
@@ -49,10 +68,15 @@ class P2VScreen(Screen):
         yield ServerField()
         yield Label("Disks to capture", classes="field-label")
         yield DiskPicker(id="disks", compact=True)
-        yield Label("VM name", classes="field-label")
-        yield Input(
-            placeholder="name of the VM on the KVM host", id="name", compact=True
-        )
+        yield Label("VM name and size", classes="field-label")
+        with Horizontal():
+            yield Input(
+                placeholder="name of the VM on the KVM host", id="name", compact=True
+            )
+            yield Label("vCPUs", classes="unit")
+            yield Input(id="vcpus", type="integer", max_length=3, compact=True)
+            yield Label("memory", classes="unit")
+            yield Input(id="memory", placeholder="4G", max_length=7, compact=True)
         yield Static("", id="size", classes="hint")
         yield Static("", id="problem", classes="problem")
         yield Footer()
@@ -79,9 +103,13 @@ class P2VScreen(Screen):
         name = self.query_one("#name", Input)
         if not name.value:
             name.value = default_name(machine)
+        vcpus, mib = default_size(machine)
+        for field, value in (("#vcpus", str(vcpus)), ("#memory", memory_text(mib))):
+            if not self.query_one(field, Input).value:
+                self.query_one(field, Input).value = value
         self.query_one("#size", Static).update(
-            f"VM size: {fmt.plural(machine.cpus, 'vCPU')}, "
-            f"{fmt.size(machine.memory)} memory, as this machine has."
+            f"This machine: {fmt.plural(machine.cpus, 'CPU')}, "
+            f"{fmt.size(machine.memory)} memory."
         )
 
     def action_test(self) -> None:
@@ -113,11 +141,41 @@ class P2VScreen(Screen):
         if not valid_name(name):
             self.problem("VM name: letters, digits, '.', '_' and '-', at most 64.")
             return
+        size = self._vm_size()
+        if size is None:
+            return
         self.problem("")
         request = CaptureRequest(
             server=server,
             disks=disks,
             name=name,
             include_loop=self.app.include_loop,
+            vcpus=size[0],
+            memory=size[1] << 20,
         )
         self.app.run_flow(P2VFlow(request))
+
+    def _vm_size(self) -> tuple[int, int] | None:
+        """vCPUs and memory (MiB) as typed, or None after saying why not."""
+        from converters.domain import spec
+
+        # The KVM side sizes the VM from the inventory within its caps, so
+        # more than the caps cannot be asked from here.
+        most = spec.MAX_DEFAULT_VCPUS
+        text = self.query_one("#vcpus", Input).value.strip()
+        if not text.isdigit() or not 1 <= int(text) <= most:
+            self.problem(f"vCPUs: a whole number from 1 to {most}.")
+            return None
+        try:
+            mib = spec.parse_memory(self.query_one("#memory", Input).value)
+        except ValueError as e:
+            self.problem(f"Memory: {e}.")
+            return None
+        low, high = spec.MIN_MEMORY_MIB, spec.MAX_DEFAULT_MEMORY_MIB
+        if not low <= mib <= high:
+            self.problem(
+                f"Memory: {memory_text(low)} to {memory_text(high)} "
+                "(ferry convert --memory on the KVM host gives more)."
+            )
+            return None
+        return int(text), mib

@@ -94,11 +94,19 @@ class DiskDetail(Static):
     DiskDetail { height: auto; padding: 0 1; }
     """
 
-    def show(self, disk: Disk | None) -> None:
-        self.update(describe(disk) if disk else "No disk selected.")
+    def show(self, disk: Disk | None, used: dict | None = None) -> None:
+        self.update(describe(disk, used) if disk else "No disk selected.")
 
 
-def describe(disk: Disk) -> Text:
+def used_text(name: str, used: dict | None) -> str:
+    """Bytes in use, "..." while being read, "" when unknown."""
+    if used is None or name not in used:
+        return "..."
+    value = used[name]
+    return "" if value is None else f"{fmt.size(value)} used"
+
+
+def describe(disk: Disk, used: dict | None = None) -> Text:
     text = Text()
     text.append(disk.path, style="bold")
     text.append(f"  {fmt.size(disk.size)}  {bus(disk)}")
@@ -109,7 +117,8 @@ def describe(disk: Disk) -> Text:
     if disk.partitions:
         for p in disk.partitions:
             line = f"  {p.name:<10}{fmt.size(p.size):>11}  {p.fstype or '-':<12}"
-            text.append(line + (p.label or "") + "\n")
+            line += f"{p.label or '':<17}{used_text(p.name, used)}"
+            text.append(line.rstrip() + "\n")
     else:
         text.append("  no partitions\n")
     words = []
