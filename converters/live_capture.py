@@ -175,7 +175,8 @@ def live_capture(request: LiveRequest, events: EventStream) -> LiveResult:
         # Written-back data is allocated on disk, so the map sends it in
         # round 1; left in the page cache it would wait for the freeze.
         sync_filesystems(mounts)
-        maps = {name: live_map(path) for name, path in paths.items()}
+        first = {name: live_map(path) for name, path in paths.items()}
+        maps = {name: m.map for name, m in first.items()}
         client = WireClient(pairing)
         stack.callback(client.close)
 
@@ -195,7 +196,7 @@ def live_capture(request: LiveRequest, events: EventStream) -> LiveResult:
         engine = _Rounds(request, sender, tracker, limit, events, started)
         engine.mounts = mounts
         clean = engine.precopy({n: sendable(m) for n, m in maps.items()}, result)
-        engine.final(guard, paths, clean, result)
+        engine.final(guard, paths, first, clean, result)
         sender.flush()
         # The exact maps replace the first ones: what they call used is
         # committed, so the server can check each disk complete.
@@ -269,19 +270,27 @@ class _Rounds:
             clean[name].update(ranges)
         return stats, self._dirty(clean)
 
-    def final(self, guard: FreezeGuard, paths, clean, result: LiveResult) -> None:
+    def final(self, guard: FreezeGuard, paths, first, clean, result) -> None:
         self.events.step("freeze", ", ".join(guard.mountpoints) or "nothing mounted")
         work = None
         guard.freeze()
         try:
+            t0 = time.monotonic()
             self._dirty(clean)  # complete: the freeze drained every write
-            result.maps = {name: frozen_map(path) for name, path in paths.items()}
+            t1 = time.monotonic()
+            result.maps = {n: frozen_map(p, first[n]) for n, p in paths.items()}
+            t2 = time.monotonic()
             final = {n: minus(sendable(m), clean[n]) for n, m in result.maps.items()}
             result.final_bytes = _total(final)
             if result.final_bytes <= MAX_SNAPSHOT:
                 work = snapshot(paths, final, self.sizes)
             else:  # too big to hold: send it frozen
                 self.sender.send(chunks(final, self.sizes))
+            t3 = time.monotonic()
+            self.events.log(
+                f"frozen: last writes {t1 - t0:.3f} s, exact maps {t2 - t1:.3f} s, "
+                f"final reads {t3 - t2:.3f} s"
+            )
             self.events.emit(LiveFrozen(dict(paths), dict(result.maps)))
         except BaseException:
             guard.close()  # thaws
