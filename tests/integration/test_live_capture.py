@@ -7,7 +7,9 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import signal
 import subprocess
+import sys
 import threading
 import time
 from contextlib import ExitStack
@@ -218,3 +220,67 @@ def test_live_capture_of_busy_ext4_and_xfs_holds_exactly_the_state_at_the_freeze
         }
         got = {k: v for k, v in files.items() if not k.endswith(".tmp") and k != HOT}
         assert got == expected
+
+
+def ferry_live(pairing, names, name, *extra):
+    return subprocess.Popen(
+        [sys.executable, "-m", "converters.cli", "capture", "--live", "--loop"]
+        + ["--server", str(pairing), "--disks", ",".join(names), "--name", name]
+        + list(extra),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def kill_at(proc: subprocess.Popen, marker: str) -> list[str]:
+    """SIGKILL `proc` as soon as it prints a line containing `marker`."""
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if marker in line:
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+    proc.wait()
+    proc.stdout.close()
+    return seen
+
+
+def writable(mount: Path, seconds: float = 5.0) -> bool:
+    probe = subprocess.Popen(["sh", "-c", f"echo x > {mount}/probe && sync -f {mount}"])
+    try:
+        return probe.wait(timeout=seconds) == 0
+    except subprocess.TimeoutExpired:
+        return False
+
+
+def test_sigkill_mid_round_or_at_the_freeze_leaves_nothing_frozen_and_rerun_completes(
+    busy_disks, serve, pairing, tmp_path
+):
+    mounts = [m for _, m, _ in busy_disks]
+    names = [Path(dev).name for dev, _, _ in busy_disks]
+    writer = Writer(mounts, seed=2)
+    writer.start()
+    try:
+        # mid-round: the link is slow, round 1 lasts seconds
+        seen = kill_at(ferry_live(pairing, names, "k", "--bandwidth", "10M"), "%")
+        assert any("== round" in line for line in seen), seen
+        assert all(writable(m) for m in mounts)
+        # at the freeze
+        seen = kill_at(ferry_live(pairing, names, "k"), "== freeze")
+        assert any("== freeze" in line for line in seen), seen
+        assert all(writable(m) for m in mounts)
+        # no trace instance of a killed run is left once a run starts
+        run = ferry_live(pairing, names, "k")
+        out = run.communicate(timeout=300)[0]
+        assert run.returncode == 0, out
+        assert "live capture k complete" in out
+        assert not list(Path("/sys/kernel/tracing/instances").glob("ferry-*"))
+    finally:
+        writer.stop.set()
+        writer.join()
+    ext4 = names[0]
+    raw = to_raw(serve.storage / "k" / f"{ext4}.qcow2", tmp_path / "k.raw")
+    check = fsck(raw, "ext4")
+    assert check.returncode == 0, check.stdout + check.stderr
