@@ -6,17 +6,17 @@ call; tui/deploy_link.py is the TUI's seam).
     plan_deploy(request)           every check, before a byte is written
     deploy(request, events)        plan, then write and verify each disk
 
-After the write, the first disk is made to boot on this machine
-(deploy_fixups: the chroot backend of the fixups library). Not in this
-build yet (see docs/deploy.md): growing the last partition and its
-filesystem, and shrinking; a deploy says so rather than pretending.
+After the write, a disk larger than its image has its last partition and
+filesystem grown (deploy_grow), and the first disk is made to boot on this
+machine (deploy_fixups: the chroot backend of the fixups library). Not in
+this build yet (see docs/deploy.md): shrinking, growing LVM.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from converters import deploy_fixups
+from converters import deploy_fixups, deploy_grow
 from converters.deploy_plan import (
     DeployError,
     DeployPlan,
@@ -57,6 +57,7 @@ class DeployResult:
     plan: DeployPlan
     disks: list[WriteStats] = field(default_factory=list)
     fixups: deploy_fixups.FixupReport | None = None
+    grown: list[deploy_grow.GrowReport] = field(default_factory=list)
 
 
 def image_disks(image) -> dict[str, int]:
@@ -120,12 +121,17 @@ def deploy(
             f"{stats.zeroed_bytes + stats.zero_detected} zeroed, "
             f"{stats.verified_bytes} verified by read-back, in {stats.seconds:.1f} s"
         )
-        if disk.larger_by > 0 and request.grow:
-            events.log(
-                f"{disk.target.path} is {disk.larger_by} bytes larger than the "
-                "image: growing the last partition is not in this build yet",
-                "warning",
-            )
+        if disk.larger_by >= deploy_grow.MIN_GROWTH and request.grow:
+            events.step("grow", f"{disk.target.path}: last partition to the end")
+            try:
+                grown = deploy_grow.grow(disk.target.path, events)
+            except (deploy_grow.GrowError, FixupError) as e:
+                raise DeployError(
+                    f"{disk.target.path} was written and verified, but growing "
+                    f"its last partition failed: {e}"
+                ) from e
+            if grown:
+                result.grown.append(grown)
     if request.fixups and plan.disks:
         first = plan.disks[0]
         hardware = request.hardware or deploy_fixups.this_machine(first.target.path)

@@ -165,7 +165,7 @@ def partitions(disk: str, stack: contextlib.ExitStack) -> list[PartitionNode]:
     sector = int(table.get("sectorsize", 512))
     found = []
     for i, part in enumerate(table.get("partitions", [])):
-        number = _number(part["node"], i + 1)
+        number = partition_number(part["node"], i + 1)
         start, size = int(part["start"]) * sector, int(part["size"]) * sector
         node = part["node"]
         if not _kernel_node(node, disk, start, size):
@@ -178,7 +178,7 @@ def partitions(disk: str, stack: contextlib.ExitStack) -> list[PartitionNode]:
     return found
 
 
-def _number(node: str, default: int) -> int:
+def partition_number(node: str, default: int) -> int:
     digits = ""
     for ch in reversed(node):
         if not ch.isdigit():

@@ -6,6 +6,7 @@ cut during the write is resumed."""
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import re
 import subprocess
@@ -183,3 +184,89 @@ def test_a_server_image_survives_a_cut_link_and_reads_back_exactly(
     assert stats.link_failures >= 1
     assert_disk_is_image_then_zeros(disk, expected)
     assert stats.verified_bytes == stats.data_bytes > 0
+
+
+def partitioned_image(path: Path, label: str, size: int = 64 * MiB) -> int:
+    """An image with one ext4 partition from 1 MiB to its end (and a GPT
+    backup at its end for gpt); returns the filesystem's size."""
+    subprocess.run(["truncate", "-s", str(size), str(path)], check=True)
+    subprocess.run(
+        ["sfdisk", "-q", str(path)], input=f"label: {label}\n2048,,L\n", text=True,
+        check=True,
+    )  # fmt: skip
+    table = json.loads(
+        subprocess.run(
+            ["sfdisk", "--json", str(path)], check=True, capture_output=True
+        ).stdout
+    )["partitiontable"]
+    fs_size = int(table["partitions"][0]["size"]) * 512
+    mkfs = ["mkfs.ext4", "-q", "-F", "-E", f"offset={MiB}", str(path)]
+    subprocess.run([*mkfs, f"{fs_size // 1024}k"], check=True)
+    return fs_size
+
+
+def ext4_size(dev: str, offset: int) -> int:
+    with part_device(dev, offset) as part:
+        out = subprocess.run(
+            ["dumpe2fs", "-h", part], check=True, capture_output=True, text=True
+        ).stdout
+    fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+    return int(fields["Block count"]) * int(fields["Block size"])
+
+
+@contextmanager
+def part_device(dev: str, offset: int):
+    part = subprocess.run(
+        ["losetup", "-f", "--show", "-r", "--offset", str(offset), dev],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    try:
+        yield part
+    finally:
+        subprocess.run(["losetup", "-d", part], check=False)
+
+
+@pytest.mark.parametrize("label", ["dos", "gpt"])
+def test_on_a_larger_disk_the_last_partition_and_its_ext4_fill_it(tmp_path, label):
+    image = tmp_path / "img.raw"
+    fs_before = partitioned_image(image, label)
+    disk = old_disk(tmp_path / "disk.img", 160 * MiB)
+    with loop_device(disk) as dev:
+        run = ferry(
+            "--image", str(image), "--target", dev, "--confirm", Path(dev).name,
+            "--no-fixups",
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        table = json.loads(
+            subprocess.run(
+                ["sfdisk", "--json", dev], check=True, capture_output=True
+            ).stdout
+        )["partitiontable"]
+        (part,) = table["partitions"]
+        end = (int(part["start"]) + int(part["size"])) * 512
+        fs_after = ext4_size(dev, MiB)
+        fsck = subprocess.run(
+            ["sfdisk", "--verify", dev], capture_output=True, text=True
+        )
+    # The partition reaches the end (less the GPT backup), the filesystem
+    # fills the partition, and the table is consistent.
+    assert end >= 160 * MiB - 34 * 512
+    assert fs_before < 64 * MiB
+    assert end - MiB - 4096 < fs_after <= end - MiB  # whole 4 KiB blocks
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    assert "grow: partition 1 (ext4)" in run.stderr
+
+
+def test_no_grow_keeps_the_image_size(tmp_path):
+    image = tmp_path / "img.raw"
+    fs_before = partitioned_image(image, "dos")
+    disk = old_disk(tmp_path / "disk.img", 160 * MiB)
+    with loop_device(disk) as dev:
+        run = ferry(
+            "--image", str(image), "--target", dev, "--confirm", Path(dev).name,
+            "--no-fixups", "--no-grow",
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        assert ext4_size(dev, MiB) == fs_before
