@@ -4,9 +4,11 @@ VM and DEST name QMP monitors (migrate_endpoint): `qmp:/path/to/socket` for
 a QEMU on this host, `qmp:HOST:PORT` for one reached over TCP. The
 destination QEMU is started by the caller with the guest's hardware and
 `-incoming defer` (and, for `--storage copy`, its own empty disks of the
-same sizes); ferry tells it where to listen. Progress is one line per
-pre-copy round, and a table at the end. A migration that does not complete
-leaves the guest running on the source and exits with status 1."""
+same sizes); ferry tells it where to listen. With `--libvirt URI`, VM is a
+domain of that libvirt and DEST the destination libvirt's URI, as the
+source's libvirtd reaches it; libvirt starts the destination. Progress is
+one line per pre-copy round, and a table at the end. A migration that does
+not complete leaves the guest running on the source and exits with status 1."""
 
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ import sys
 from converters.cli import FerryError
 from converters.events import Event, EventStream, print_listener
 from converters.migrate_endpoint import Endpoint, MigrationError
+from converters.migrate_libvirt import LibvirtMigration
+from converters.migrate_libvirt_controls import stream_uri
 from converters.migrate_offline import run_offline
 from converters.migrate_qmp import MigrationOptions, QmpMigration
 from converters.migrate_report import MigrationReport, MigrationRound
@@ -51,13 +55,24 @@ def register(subparsers) -> None:
         help="move a running KVM guest to another host (pre-copy, seed policy)",
         description=__doc__.split("\n\n", 1)[1],
     )
-    p.add_argument("vm", metavar="VM", help="source QMP: qmp:/path or qmp:HOST:PORT")
+    p.add_argument(
+        "vm",
+        metavar="VM",
+        help="source QMP: qmp:/path or qmp:HOST:PORT (with --libvirt: a domain)",
+    )
     p.add_argument(
         "--to",
         dest="dest",
         required=True,
         metavar="DEST",
-        help="destination QMP (a QEMU started with -incoming defer)",
+        help="destination QMP (a QEMU started with -incoming defer), "
+        "or with --libvirt the destination's libvirt URI",
+    )
+    p.add_argument(
+        "--libvirt",
+        metavar="URI",
+        help="migrate the domain VM of this libvirt (e.g. qemu:///system) "
+        "with libvirt, peer to peer",
     )
     p.add_argument(
         "--storage",
@@ -114,18 +129,28 @@ def register(subparsers) -> None:
 
 
 def options_from(args) -> MigrationOptions:
-    dest = Endpoint.parse(args.dest)
     if args.auto_converge and args.policy != "qemu":
         raise FerryError("--auto-converge goes with --policy qemu (seed throttles)")
+    if args.libvirt:
+        if args.listen:
+            raise FerryError("--listen is for QMP; libvirt listens where --uri says")
+        try:
+            # Checked here, before libvirt is asked; "" lets libvirt choose.
+            uri = stream_uri(args.uri) if args.uri else ""
+            nbd = stream_uri(args.nbd) if args.nbd else None
+        except ValueError as e:
+            raise FerryError(str(e)) from e
+    else:
+        uri, nbd = args.uri or default_uri(Endpoint.parse(args.dest)), args.nbd
     return MigrationOptions(
-        uri=args.uri or default_uri(dest),
+        uri=uri,
         listen=args.listen,
         policy=args.policy,
         auto_converge=args.auto_converge,
         downtime=args.downtime / 1000,
         bandwidth=args.bandwidth,
         storage=args.storage,
-        nbd=args.nbd,
+        nbd=nbd,
         timeout=args.timeout,
     )
 
@@ -136,6 +161,8 @@ def print_rounds(event: Event) -> None:
 
 
 def main(args) -> int:
+    if args.libvirt:
+        return main_libvirt(args)
     try:
         source, dest = Endpoint.parse(args.vm), Endpoint.parse(args.dest)
     except ValueError as e:
@@ -148,6 +175,25 @@ def main(args) -> int:
     run = run_offline(source, dest, options, events) if args.offline else engine.run()
     try:
         report = asyncio.run(run)
+    except MigrationError as e:
+        raise FerryError(str(e)) from e
+    except KeyboardInterrupt:
+        if engine.report:
+            print(engine.report.table())
+        raise
+    return finish(report)
+
+
+def main_libvirt(args) -> int:
+    options = options_from(args)
+    events = EventStream()
+    events.subscribe(print_listener())
+    events.subscribe(print_rounds)
+    engine = LibvirtMigration(
+        args.libvirt, args.vm, args.dest, options, events, offline=args.offline
+    )
+    try:
+        report = engine.run()
     except MigrationError as e:
         raise FerryError(str(e)) from e
     except KeyboardInterrupt:

@@ -2,15 +2,16 @@
 the event stream, and a `MigrationReport` at the end with the numbers every
 migration owes its user (DESIGN.md: rounds, total time, downtime, bytes).
 
-Shared by the live engine (migrate_qmp), the offline one (migrate_offline)
-and `ferry migrate`, which prints a round as one line and the report as a
-table."""
+Shared by the live engines (migrate_qmp, migrate_libvirt), the offline one
+(migrate_offline) and `ferry migrate`, which prints a round as one line and
+the report as a table."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from converters.events import Event
+from converters.precopy_policy import Decision, Round
 
 MiB = 1 << 20
 
@@ -34,6 +35,25 @@ class MigrationRound(Event):
     rule: str
     reason: str
     disk_remaining: int = 0  # part of `remaining` that is disk (mirror)
+
+    @classmethod
+    def of(
+        cls, r: Round, d: Decision, throttle: int, disk_remaining: int = 0
+    ) -> MigrationRound:
+        """The event for one round the policy judged, as every engine emits it."""
+        return cls(
+            r.number,
+            r.bytes_sent,
+            r.bytes_dirtied,
+            r.bytes_remaining,
+            r.bandwidth,
+            r.elapsed,
+            throttle,
+            d.action.value,
+            d.rule,
+            d.reason,
+            disk_remaining,
+        )
 
     def line(self) -> str:
         disk = f" (disk {mib(self.disk_remaining)})" if self.disk_remaining else ""
