@@ -35,7 +35,7 @@ from converters.extents import ExtentKind, ExtentMap
 from converters.fsfreeze import DEFAULT_TIMEOUT, FreezeGuard
 from converters.inventory import Disk, Machine
 from converters.live_capture_limit import WriterLimit
-from converters.live_capture_map import frozen_map, live_map
+from converters.live_capture_map import frozen_first, frozen_map, live_map
 from converters.live_capture_send import (
     MAX_SNAPSHOT,
     RoundSender,
@@ -107,6 +107,7 @@ class LiveResult:
     rounds: list[RoundReport] = field(default_factory=list)
     final_bytes: int = 0  # sent after the freeze
     freeze_seconds: float = 0.0  # writes waited this long
+    map_freeze_seconds: float = 0.0  # a brief freeze for the first map
     total_seconds: float = 0.0
     maps: dict[str, ExtentMap] = field(default_factory=dict)  # the exact ones
 
@@ -176,6 +177,17 @@ def live_capture(request: LiveRequest, events: EventStream) -> LiveResult:
         # round 1; left in the page cache it would wait for the freeze.
         sync_filesystems(mounts)
         first = {name: live_map(path) for name, path in paths.items()}
+        if any(m.unmapped for m in first.values()):
+            # partclone cannot read a busy ext4 ("Couldn't find valid
+            # filesystem bitmap": the bitmaps on disk lag the journal):
+            # map under a brief freeze rather than send it whole.
+            guard.freeze()
+            try:
+                first = {n: frozen_first(p, first[n]) for n, p in paths.items()}
+            finally:
+                guard.thaw()
+            result.map_freeze_seconds = guard.times.seconds
+            events.log(f"mapped frozen in {result.map_freeze_seconds:.3f} s")
         maps = {name: m.map for name, m in first.items()}
         client = WireClient(pairing)
         stack.callback(client.close)

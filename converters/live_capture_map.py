@@ -30,7 +30,7 @@ import stat
 import subprocess
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from converters.disk_map import DiskMapReport, RegionReport, describe_disk
@@ -58,6 +58,9 @@ BLKFLSBUF = 0x1261  # _IO(0x12, 97), linux/fs.h
 class LiveMap:
     map: ExtentMap
     report: DiskMapReport  # the layout: partitions and their filesystems
+    # filesystems partclone could not read live (sent whole unless mapped
+    # again under a freeze)
+    unmapped: list[RegionReport] = field(default_factory=list)
 
 
 def live_map(path: str) -> LiveMap:
@@ -75,6 +78,19 @@ def frozen_map(path: str, first: LiveMap | None = None) -> ExtentMap:
         if first is not None and all(_refreshable(r) for r in first.report.regions):
             return _refresh(path, first)
         return _map(path, fast=True).map
+
+
+def frozen_first(path: str, first: LiveMap) -> LiveMap:
+    """``first`` with the filesystems it could not map live mapped while
+    frozen."""
+    if not first.unmapped:
+        return first
+    drop_cache(path)
+    emap = first.map
+    with scratch_dir():
+        for region in first.unmapped:
+            emap = _overlay_free(emap, path, region, fast=True)
+    return LiveMap(emap, first.report)
 
 
 def _refreshable(region: RegionReport) -> bool:
@@ -113,11 +129,14 @@ def drop_cache(path: str) -> None:
 
 def _map(path: str, fast: bool = False) -> LiveMap:
     report = describe_disk(path)
-    emap = report.map
+    emap, unmapped = report.map, []
     for region in report.regions:
         if region.method == "whole" and region.reason in JOURNAL_IN_USE:
-            emap = _overlay_free(emap, path, region, fast)
-    return LiveMap(emap, report)
+            mapped = _overlay_free(emap, path, region, fast)
+            if mapped is emap:
+                unmapped.append(region)
+            emap = mapped
+    return LiveMap(emap, report, unmapped)
 
 
 def _overlay_free(emap: ExtentMap, path: str, region: RegionReport, fast: bool):

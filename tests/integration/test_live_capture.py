@@ -196,10 +196,12 @@ def test_live_capture_of_busy_ext4_and_xfs_holds_exactly_the_state_at_the_freeze
     assert len(result.rounds) >= 2
     # the freeze without this test's own look at the frozen sources
     assert result.freeze_seconds - at_freeze["seconds"] < 3
+    assert result.map_freeze_seconds < 3
     print(
         f"listener={at_freeze['seconds']:.2f}s "
         f"rounds={[(r.bytes_sent, r.bytes_dirtied) for r in result.rounds]} "
         f"final={result.final_bytes} freeze={result.freeze_seconds:.3f}s "
+        f"map_freeze={result.map_freeze_seconds:.3f}s "
         f"total={result.total_seconds:.1f}s ops={writer.ops}"
     )
     for (_dev, mount, fs), name in zip(busy_disks, names, strict=True):
