@@ -270,3 +270,50 @@ def test_no_grow_keeps_the_image_size(tmp_path):
         )  # fmt: skip
         assert run.returncode == 0, run.stderr
         assert ext4_size(dev, MiB) == fs_before
+
+
+@contextmanager
+def http_server(folder: Path):
+    """aiohttp's static files (with Range support, which QEMU's curl driver
+    needs) on loopback, in a thread of this process."""
+    import asyncio
+    import threading
+
+    from aiohttp import web
+
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    state = {}
+
+    async def start() -> None:
+        app = web.Application()
+        app.router.add_static("/", folder)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        state["runner"], state["port"] = runner, runner.addresses[0][1]
+        ready.set()
+
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    asyncio.run_coroutine_threadsafe(start(), loop)
+    ready.wait(10)
+    try:
+        yield f"http://127.0.0.1:{state['port']}"
+    finally:
+        asyncio.run_coroutine_threadsafe(state["runner"].cleanup(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+
+
+def test_an_image_at_a_url_is_written_exactly(image, tmp_path):
+    qcow2, expected = image
+    disk = old_disk(tmp_path / "disk.img", 40 * MiB)
+    with http_server(qcow2.parent) as base, loop_device(disk) as dev:
+        run = ferry(
+            "--image", f"{base}/{qcow2.name}", "--target", dev,
+            "--confirm", Path(dev).name, "--no-fixups",
+        )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert_disk_is_image_then_zeros(disk, expected)
