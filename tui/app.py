@@ -96,10 +96,11 @@ class FerryApp(App[str | None]):
 
         self.theme = ANSI_THEME if self.ansi else THEME
         self.push_screen(MachineScreen())
-        # The checks wait for the inventory: on a small live machine the
-        # disk list is what the technician needs first, and the checks'
-        # dozen subprocesses would compete with it for the CPUs.
-        self.refresh_inventory()
+        # The inventory starts once the first screen is drawn, and the
+        # checks once the inventory is: on a small live machine the disk
+        # list is what the technician needs first, and the checks' dozen
+        # subprocesses would compete with it for the CPUs.
+        self.call_after_refresh(self.refresh_inventory)
         if self.unattended:
             self.start_unattended()
 
@@ -127,7 +128,7 @@ class FerryApp(App[str | None]):
         self.machine = event.machine
         if self.checks is None and not self._checks_started:
             self._checks_started = True
-            self.run_checks()
+            self.call_after_refresh(self.run_checks)
 
     @on(InventoryFailed)
     def _inventory_failed(self, event: InventoryFailed) -> None:

@@ -8,9 +8,13 @@ from __future__ import annotations
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from converters.doctor import Check
 from converters.inventory import Machine
+
+if TYPE_CHECKING:
+    # doctor (argparse, hashlib, accel) is read when the checks run.
+    from converters.doctor import Check
 
 
 class Probe:

@@ -3,17 +3,21 @@ and the way to everything else."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import Footer, Static
 
-from converters.doctor import OK, Check
 from converters.inventory import Machine
 from tui import fmt
 from tui.widgets.nics import NicTable
 from tui.widgets.titlebar import TitleBar
+
+if TYPE_CHECKING:
+    from converters.doctor import Check
 
 
 def system_text(machine: Machine) -> Text:
@@ -42,6 +46,9 @@ def system_text(machine: Machine) -> Text:
 
 
 def checks_text(checks: list[Check]) -> Text:
+    # Imported when the checks arrive, not before the first screen.
+    from converters.doctor import OK
+
     problems = [c for c in checks if c.status != OK]
     if not problems:
         return Text(f"All {len(checks)} checks passed: this machine can capture.")
