@@ -112,8 +112,7 @@ def test_unattended_keys_that_make_no_flow_say_why():
         "ferry.target": "sda",
         "ferry.confirm": "sda",
     }
-    # converters.deploy exists; the screens' unattended V2P is not built yet
-    # (the plain-line runner, converters/unattended.py, does it).
+    # converters.deploy exists; unattended V2P is not built yet.
     with pytest.raises(UnattendedError, match="Unattended V2P is not wired"):
         flow_from_keys(v2p)
 
