@@ -266,11 +266,13 @@ def test_sigkill_mid_round_or_at_the_freeze_leaves_nothing_frozen_and_rerun_comp
     writer.start()
     try:
         # mid-round: the link is slow, round 1 lasts seconds
-        seen = kill_at(ferry_live(pairing, names, "k", "--bandwidth", "10M"), "%")
+        killed = [ferry_live(pairing, names, "k", "--bandwidth", "10M")]
+        seen = kill_at(killed[0], "%")
         assert any("== round" in line for line in seen), seen
         assert all(writable(m) for m in mounts)
         # at the freeze
-        seen = kill_at(ferry_live(pairing, names, "k"), "== freeze")
+        killed.append(ferry_live(pairing, names, "k"))
+        seen = kill_at(killed[1], "== freeze")
         assert any("== freeze" in line for line in seen), seen
         assert all(writable(m) for m in mounts)
         # no trace instance of a killed run is left once a run starts
@@ -278,7 +280,8 @@ def test_sigkill_mid_round_or_at_the_freeze_leaves_nothing_frozen_and_rerun_comp
         out = run.communicate(timeout=300)[0]
         assert run.returncode == 0, out
         assert "live capture k complete" in out
-        assert not list(Path("/sys/kernel/tracing/instances").glob("ferry-*"))
+        instances = Path("/sys/kernel/tracing/instances")
+        assert not [p for p in killed if (instances / f"ferry-{p.pid}").exists()]
     finally:
         writer.stop.set()
         writer.join()
@@ -286,3 +289,20 @@ def test_sigkill_mid_round_or_at_the_freeze_leaves_nothing_frozen_and_rerun_comp
     raw = to_raw(serve.storage / "k" / f"{ext4}.qcow2", tmp_path / "k.raw")
     check = fsck(raw, "ext4")
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_live_capture_of_a_missing_disk_is_one_line_and_touches_nothing(serve, pairing):
+    run = subprocess.Popen(
+        [sys.executable, "-m", "converters.cli", "capture", "--live", "--loop"]
+        + ["--server", str(pairing), "--disks", "nosuchdisk"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "no disk 'nosuchdisk'" in lines[0], err
+    assert not [p for p in serve.storage.iterdir() if not p.name.startswith(".")]
+    assert not Path(f"/sys/kernel/tracing/instances/ferry-{run.pid}").exists()
