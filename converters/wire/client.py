@@ -56,6 +56,10 @@ MAX_ROUNDS = 8
 # A chunk refused for a checksum mismatch is read and sent again this often
 # before the disk is given up (a source that changes under us, bad RAM).
 MAX_REJECTS = 3
+# Threads reading the source ahead of the senders: two keep a device busy
+# (one O_DIRECT read in flight while the other's buffer is handed over)
+# and cost one 8 MiB buffer each beyond the senders' own.
+READERS = 2
 
 
 @dataclass
@@ -69,8 +73,10 @@ class UploadOptions:
     # Give up when the server stays unreachable this long (a reboot of the
     # KVM host fits in it).
     retry_timeout: float = 600.0
-    # Read block devices with O_DIRECT (falls back where it is refused).
-    direct: bool = False
+    # O_DIRECT reads (falls back where refused): None reads block devices
+    # so (no page-cache copy, and a live system running from RAM keeps its
+    # memory), files through the page cache.
+    direct: bool | None = None
     # Set by the caller (the TUI's cancel) to stop the upload between chunks.
     cancel: threading.Event | None = None
 
@@ -183,22 +189,42 @@ class _Uploader:
         self.events.log(f"{job.name}: complete on {self.pairing.address}")
 
     def _pump(self, jobs: list[Job]) -> None:
-        q: queue.Queue = queue.Queue(maxsize=self.options.workers * 2)
+        """Three stages: this thread cuts requests, readers fill buffers
+        with the source's bytes ahead of need, senders encode and send. The
+        reads then overlap the senders' waits on the network and the server
+        (with O_DIRECT there is no kernel read-ahead to do it); a fixed set
+        of buffers bounds the memory whatever the stages' speeds."""
+        opts = self.options
+        todo: queue.Queue = queue.Queue(maxsize=opts.workers * 2)
+        ready: queue.Queue = queue.Queue()  # bounded by the buffers
+        free: queue.Queue = queue.Queue()
+        for _ in range(opts.workers + READERS):
+            free.put(read_buffer(opts.chunk_size))
         stop = threading.Event()
         failures: list[BaseException] = []
-        threads = [
+        readers = [
             threading.Thread(
-                target=self._worker, args=(q, stop, failures), name=f"ferry-send-{i}"
+                target=self._reader,
+                args=(todo, ready, free, stop, failures),
+                name=f"ferry-read-{i}",
             )
-            for i in range(self.options.workers)
+            for i in range(READERS)
         ]
-        for t in threads:
+        senders = [
+            threading.Thread(
+                target=self._worker,
+                args=(ready, free, stop, failures),
+                name=f"ferry-send-{i}",
+            )
+            for i in range(opts.workers)
+        ]
+        for t in readers + senders:
             t.start()
         try:
-            for item in interleave([j.items(self.options.chunk_size) for j in jobs]):
+            for item in interleave([j.items(opts.chunk_size) for j in jobs]):
                 while not stop.is_set():
                     try:
-                        q.put(item, timeout=0.5)
+                        todo.put(item, timeout=0.5)
                         break
                     except queue.Full:
                         pass
@@ -208,30 +234,53 @@ class _Uploader:
             stop.set()
             raise
         finally:
-            for _ in threads:
-                q.put(None)
-            for t in threads:
+            for _ in readers:
+                todo.put(None)
+            for t in readers:
+                t.join()
+            for _ in senders:
+                ready.put(None)
+            for t in senders:
                 t.join()
         if failures:
             raise failures[0]
 
-    def _worker(self, q: queue.Queue, stop: threading.Event, failures: list) -> None:
+    def _reader(self, todo, ready, free, stop, failures) -> None:
+        while (item := todo.get()) is not None:
+            if stop.is_set():
+                continue  # drain, so that the feeder never blocks
+            if item.kind is not ExtentKind.DATA:
+                ready.put((item, None, None))
+                continue
+            buf = free.get()
+            try:
+                view = read_into(item.job, buf, item.offset, item.length)
+            except BaseException as e:
+                free.put(buf)
+                failures.append(e)
+                stop.set()
+                continue
+            ready.put((item, buf, view))
+
+    def _worker(self, ready, free, stop, failures) -> None:
         client = WireClient(self.pairing)
         encoder = Encoder(self.options.compress)
-        buf = read_buffer(self.options.chunk_size)
         try:
-            while (item := q.get()) is not None:
-                if stop.is_set():
-                    continue  # drain, so that the feeder never blocks
+            while (got := ready.get()) is not None:
+                item, buf, view = got
                 try:
-                    self._send(client, encoder, buf, item)
+                    if not stop.is_set():
+                        self._send(client, encoder, buf, view, item)
                 except BaseException as e:
                     failures.append(e)
                     stop.set()
+                finally:
+                    if buf is not None:
+                        free.put(buf)  # also when stopping: a reader may wait
         finally:
             client.close()
 
-    def _send(self, client: WireClient, encoder: Encoder, buf, item: Item) -> None:
+    def _send(self, client: WireClient, encoder: Encoder, buf, view, item: Item):
         backoff = Backoff(self.options.retry_timeout)
         after_failure = False
         rejects = 0
@@ -242,7 +291,7 @@ class _Uploader:
                 if after_failure and self._server_has(client, item):
                     item.job.meter.add(_data(item), found_after_retry=_data(item))
                     return
-                self._attempt(client, encoder, buf, item, after_failure)
+                self._attempt(client, encoder, view, item, after_failure)
                 return
             except LinkDown as e:
                 item.job.meter.add(link_failures=1)
@@ -254,6 +303,8 @@ class _Uploader:
                 if rejects > MAX_REJECTS:
                     raise TransferError(reason=f"{item.job.name}: {e}") from e
                 log.warning("REJECTED disk=%s offset=%d", item.job.name, item.offset)
+                # Read again: the source may have changed, or memory erred.
+                view = read_into(item.job, buf, item.offset, item.length)
 
     def _server_has(self, client: WireClient, item: Item) -> bool:
         """After a link failure: did the request get through anyway? Waits
@@ -265,14 +316,14 @@ class _Uploader:
             time.sleep(0.1)
         return False
 
-    def _attempt(self, client, encoder, buf, item: Item, again: bool) -> None:
+    def _attempt(self, client, encoder, view, item: Item, again: bool) -> None:
+        """One try at one request; ``view`` holds a DATA item's bytes."""
         job, session = item.job, self.session
         resent = item.length if again else 0
         if item.kind is ExtentKind.ZERO:
             client.zero(session, job.name, item.offset, item.length)
             job.meter.add(zeroed=item.length, resent=resent)
             return
-        view = read_into(job, buf, item.offset, item.length)
         if is_zero(view):
             client.zero(session, job.name, item.offset, item.length)
             job.meter.add(item.length, zero_detected=item.length, resent=resent)

@@ -96,13 +96,14 @@ class DiskIO:
     # Operations
 
     async def write(
-        self, offset: int, length: int, body, encoding: str, digest: str
+        self, offset: int, length: int, body, encoding: str, digest: str, out=None
     ) -> None:
-        """``body`` holds ``length`` disk bytes, coded as ``encoding``."""
+        """``body`` holds ``length`` disk bytes, coded as ``encoding``;
+        ``out``, if given, is where a compressed body is decoded."""
         self._check_open_for_writes()
         protocol.check_bounds(offset, length, self.record.size)
         backend = await self._get_backend()
-        args = (backend, offset, length, body, encoding, digest)
+        args = (backend, offset, length, body, encoding, digest, out)
         span = (offset, offset + length)
         self.inflight.append(span)
         try:
@@ -117,9 +118,9 @@ class DiskIO:
             self.inflight.remove(span)
         self._account(offset, length)
 
-    def _verify_write(self, backend, offset, length, body, encoding, digest) -> None:
-        # Runs in a worker thread: zstd, sha256 and libnbd release the GIL.
-        data = protocol.decode(body, encoding, length)
+    def _verify_write(self, backend, offset, length, body, encoding, digest, out):
+        # Runs in a worker thread: zstd, the hash and libnbd release the GIL.
+        data = protocol.decode(body, encoding, length, out)
         protocol.verify(data, digest, offset)
         self._storage_op(backend.write, offset, data)
 

@@ -207,8 +207,12 @@ def _average(old: float | None, new: float) -> float:
 _local = threading.local()
 
 
-def decode(body, encoding: str, length: int) -> bytes | memoryview:
-    """The disk bytes of a request body; ``length`` bounds decompression."""
+def decode(body, encoding: str, length: int, out=None) -> bytes | memoryview:
+    """The disk bytes of a request body; ``length`` bounds decompression.
+    With ``out`` (writable, at least ``length`` bytes) a zstd body is
+    decoded into it: a server decoding into pooled buffers skips a fresh
+    8 MiB allocation per request (2048 page faults and zeroed pages, a
+    tenth of its CPU time in the capture bench)."""
     if encoding in ("", "identity"):
         if len(body) != length:
             raise BadRequest(reason=f"body is {len(body)} bytes, range {length}")
@@ -218,6 +222,8 @@ def decode(body, encoding: str, length: int) -> bytes | memoryview:
     dctx = getattr(_local, "zstd", None)
     if dctx is None:
         dctx = _local.zstd = zstandard.ZstdDecompressor()
+    if out is not None:
+        return _decode_into(dctx, body, memoryview(out)[:length])
     try:
         data = dctx.decompress(body, max_output_size=length)
     except zstandard.ZstdError as e:
@@ -225,6 +231,25 @@ def decode(body, encoding: str, length: int) -> bytes | memoryview:
     if len(data) != length:
         raise BadRequest(reason=f"zstd body is {len(data)} bytes, range {length}")
     return data
+
+
+def _decode_into(dctx, body, view: memoryview) -> memoryview:
+    length = len(view)
+    pos = 0
+    try:
+        reader = dctx.stream_reader(body, read_size=max(1, len(body)))
+        while pos < length:
+            n = reader.readinto(view[pos:])
+            if not n:
+                break
+            pos += n
+        longer = pos == length and reader.read(1)
+    except zstandard.ZstdError as e:
+        raise BadRequest(reason=f"zstd: {e}") from e
+    if pos != length or longer:
+        got = f"{pos}" if not longer else f"more than {length}"
+        raise BadRequest(reason=f"zstd body is {got} bytes, range {length}")
+    return view
 
 
 # Ranges. HTTP ranges are inclusive: "bytes 0-4095/*" is 4096 bytes.

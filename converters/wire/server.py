@@ -26,7 +26,7 @@ from . import autoconvert, images, protocol, storage
 from .errors import BadRequest, PayloadTooLarge, Unauthorized, WireError
 from .pairing import Identity
 from .protocol import API, BODY_SLACK, CHECKSUM_HEADER, MAX_CHUNK
-from .sessions import Registry
+from .sessions import BODY_SIZE, Registry
 
 log = logging.getLogger(__name__)
 
@@ -229,8 +229,10 @@ class DiskView(_View):
         protocol.checksum_algorithm(digest)  # before a byte of the body is read
         encoding = request.headers.get("Content-Encoding", "identity").lower()
         async with session.buffers.get() as buf:
-            body = await _read_body(request, memoryview(buf)[:size])
-            await disk.write(offset, length, body, encoding, digest)
+            view = memoryview(buf)
+            body = await _read_body(request, view[:size])
+            out = view[BODY_SIZE : BODY_SIZE + length]
+            await disk.write(offset, length, body, encoding, digest, out)
         return web.Response(status=204)
 
     async def patch(self):

@@ -31,7 +31,10 @@ log = logging.getLogger(__name__)
 # at most 8 MiB more): bounds the server's memory per session whatever the
 # client sends, and gives every session the same share of storage I/O.
 MAX_INFLIGHT = 4
-BUFFER_SIZE = MAX_CHUNK + BODY_SLACK
+BODY_SIZE = MAX_CHUNK + BODY_SLACK
+# One buffer holds a request's body and, after it, room for the body
+# decoded (a zstd body is decoded there, not into a fresh allocation).
+BUFFER_SIZE = BODY_SIZE + MAX_CHUNK
 MAX_DISKS = 64
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -56,7 +57,7 @@ class Job:
         source: DiskSource,
         stats: DiskStats,
         meter: Meter,
-        direct: bool = False,
+        direct: bool | None = False,
     ):
         self.source = source
         self.name = source.name
@@ -64,6 +65,8 @@ class Job:
         self.stats = stats
         self.meter = meter
         self.direct = False
+        if direct is None:
+            direct = _is_block_device(source.path)
         if direct:
             try:
                 self.fd = os.open(source.path, os.O_RDONLY | os.O_DIRECT)
@@ -97,6 +100,13 @@ class Job:
 
     def close(self) -> None:
         os.close(self.fd)
+
+
+def _is_block_device(path) -> bool:
+    try:
+        return stat.S_ISBLK(os.stat(path).st_mode)
+    except OSError:
+        return False  # the open that follows says why
 
 
 def read_buffer(chunk_size: int) -> memoryview:

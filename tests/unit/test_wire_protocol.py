@@ -113,3 +113,16 @@ def test_names_are_safe_path_components():
     assert protocol.valid_name("pc-12.lab_3")
     for bad in ("", ".ferry", "../x", "a/b", "a b", "x" * 65):
         assert not protocol.valid_name(bad)
+
+
+def test_a_zstd_body_decodes_into_the_buffer_given_and_only_to_its_range():
+    out = bytearray(1 << 20)
+    packed = protocol.Encoder("zstd").encode(TEXT[:65536]).body
+    view = protocol.decode(packed, "zstd", 65536, out)
+    assert bytes(view) == TEXT[:65536] and out[:65536] == TEXT[:65536]
+    with pytest.raises(BadRequest):
+        protocol.decode(packed, "zstd", 65535, out)  # decodes to more
+    with pytest.raises(BadRequest):
+        protocol.decode(packed, "zstd", 65537, out)  # decodes to less
+    with pytest.raises(BadRequest):
+        protocol.decode(b"not zstd at all", "zstd", 100, out)
