@@ -121,9 +121,8 @@ class LibvirtMigration:
             dom.migrateGetMaxSpeed(),
             saved_throttle(dom) if seed else {},
         )
-        flags = migrate_flags(
-            not self.offline, o.storage == "copy", seed or o.auto_converge
-        )
+        copy = o.storage == "copy"
+        flags = migrate_flags(not self.offline, copy, seed or o.auto_converge, seed)
         params = migrate_params(self.name, o.uri, o.bandwidth, o.nbd)
         if not self.offline:
             dom.migrateSetMaxDowntime(round(o.downtime * 1000))
@@ -160,6 +159,8 @@ class LibvirtMigration:
             if stats is not None and stats.ram is not None:
                 report.max_throttle = max(report.max_throttle, stats.throttle)
                 report.ram_bytes = stats.ram["transferred"]
+            if stats is not None and stats.disk is not None:
+                report.disk_bytes = stats.disk.copied
             late = o.timeout is not None and report.total_time > o.timeout
             if self._cancelled or late:
                 report.status = "cancelled"
@@ -224,7 +225,10 @@ class LibvirtMigration:
             if done.ram:
                 report.ram_bytes = done.ram["transferred"]
             if done.disk:
-                report.disk_bytes, report.disk_size = done.disk.copied, done.disk.total
+                # libvirt 9.0 reports the mirrors' size but not always what
+                # they copied once they ended; keep the last live reading.
+                report.disk_size = done.disk.total
+                report.disk_bytes = done.disk.copied or report.disk_bytes
         if self.offline:
             report.ended_by = "offline"
             # The guest was paused from the start to the end of the copy.

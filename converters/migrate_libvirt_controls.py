@@ -119,7 +119,9 @@ def stream_uri(text: str) -> str:
     raise ValueError(f"{text!r}: use unix:/path or tcp:HOST:PORT")
 
 
-def migrate_flags(live: bool, copy_storage: bool, auto_converge: bool) -> int:
+def migrate_flags(
+    live: bool, copy_storage: bool, auto_converge: bool, sync_writes: bool = False
+) -> int:
     # Peer to peer: the source's libvirtd drives the destination's itself, so
     # the migration survives ferry's own connection and its job is one job.
     flags = libvirt.VIR_MIGRATE_PEER2PEER
@@ -129,6 +131,12 @@ def migrate_flags(live: bool, copy_storage: bool, auto_converge: bool) -> int:
         # libvirt mirrors each disk into an NBD export on the destination
         # (drive-mirror), ready before memory goes and ended while paused.
         flags |= libvirt.VIR_MIGRATE_NON_SHARED_DISK
+        if sync_writes:
+            # The mirror's copy-mode=write-blocking (libvirt 8.0): a guest
+            # write completes once the destination has it, so the disk's
+            # dirty set cannot outgrow the link (the seed's "limit the
+            # writer", as migrate_disks does for QMP).
+            flags |= libvirt.VIR_MIGRATE_NON_SHARED_SYNCHRONOUS_WRITES
     if auto_converge:
         flags |= libvirt.VIR_MIGRATE_AUTO_CONVERGE
     return flags

@@ -17,11 +17,22 @@ from pathlib import Path
 from xml.sax.saxutils import escape
 
 from tests.harness.libvirt_daemons import Daemon
-from tests.harness.migration_guest import PROGRESS, Guest, Progress, Writer, guest_image
+from tests.harness.migration_guest import (
+    DISK_CHECK,
+    PROGRESS,
+    Guest,
+    Progress,
+    Writer,
+    guest_image,
+    make_disk,
+)
 
 NAME = "ferry-writer"
 MEMORY_KIB = Guest.__dataclass_fields__["memory_kib"].default
 CONSOLE = f"/var/log/libvirt/qemu/{NAME}.console"
+# In each daemon's own directory: without shared storage, each side has its
+# own disk, and libvirt mirrors the source's into the destination's.
+DISK = f"/var/lib/libvirt/images/{NAME}.qcow2"
 
 WRAPPER = """#!/usr/bin/python3
 # QEMU with {kib} KiB of RAM where libvirt asked for {mib} MiB (see
@@ -52,8 +63,25 @@ def write_wrapper(path: Path, qemu: str = "/usr/bin/qemu-system-x86_64") -> Path
     return path
 
 
-def domain_xml(writer: Writer, emulator: Path) -> str:
+def make_disks(size_mb: int, *daemons: Daemon) -> None:
+    """An empty qcow2 of the same size where each daemon sees DISK."""
+    for daemon in daemons:
+        path = daemon.host_path(DISK)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        make_disk(path, size_mb)
+
+
+def domain_xml(writer: Writer, emulator: Path, disk: bool = False) -> str:
     kernel, initramfs = guest_image()
+    drive = (
+        f"""<disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/>
+      <source file='{DISK}'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>"""
+        if disk
+        else ""
+    )
     return f"""<domain type='qemu'>
   <name>{NAME}</name>
   <memory unit='KiB'>{MEMORY_KIB}</memory>
@@ -67,6 +95,7 @@ def domain_xml(writer: Writer, emulator: Path) -> str:
   <on_reboot>destroy</on_reboot>
   <devices>
     <emulator>{emulator}</emulator>
+    {drive}
     <serial type='file'>
       <source path='{CONSOLE}' append='on'/>
       <target port='0'/>
@@ -107,6 +136,11 @@ class Console:
         while len(self.progress()) < want and time.monotonic() < deadline:
             time.sleep(0.2)
         return self.progress()
+
+    def disk_checks(self) -> list[tuple[int, int, int, str]]:
+        """The writer's whole-disk checks: (verify, blocks, bad, result)."""
+        found = DISK_CHECK.findall(self.text())
+        return [(int(v), int(n), int(b), res) for v, n, b, res in found]
 
     def crashed(self) -> bool:
         return bool(re.search(r"Kernel panic|BUG:|Oops", self.text()))
