@@ -219,7 +219,8 @@ class RoundSender:
             client.close()
             for fd in fds.values():
                 os.close(fd)
-            buf.close()
+            # buf is not closed: views of it may still be alive here (the
+            # last payload); it goes with the thread.
 
     def _send(self, client: WireClient, encoder: Encoder, c: Chunk, data) -> int:
         """Bytes put on the wire (0 for a zero request)."""
