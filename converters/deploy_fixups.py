@@ -13,6 +13,7 @@ the firmware the live environment booted with, a hostname (``{mac}`` and
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -181,7 +182,9 @@ def fix(
             modules=modules,
             pin_nics=bool(nics),
         )
-        pipeline.run(guest, request, events)
+        ctx = pipeline.run(guest, request, events)
+        if not _has_kernel_nodes(guest) and ctx.info.grub is not None:
+            _drop_loopback(guest, ctx.info.grub.config)
         if hostname:
             report.hostname = hostname_for(hostname, hardware)
             set_hostname(guest, report.hostname)
@@ -194,6 +197,21 @@ def fix(
         )
         events.log(f"bootloader: {report.bootloader}")
     return report
+
+
+# grub-mkconfig's prepare_grub_to_access_device treats a filesystem on
+# /dev/loopN as a file to loop-mount at boot: "loopback loop4 /loop0" then
+# "set root=(loop4)". With loop stand-ins for partitions (no kernel nodes)
+# those lines name this live system's devices; the "search --fs-uuid" line
+# before them already finds the filesystem on the real disk.
+_LOOPBACK = re.compile(r"^\s*(loopback\s+loop\d+\s+\S+|set root=\(loop\d+\))\s*$")
+
+
+def _drop_loopback(guest: GuestOS, config: str) -> None:
+    text = guest.read(config)
+    kept = [line for line in text.splitlines() if not _LOOPBACK.match(line)]
+    if len(kept) != len(text.splitlines()):
+        guest.write(config, "\n".join(kept) + "\n")
 
 
 def _has_kernel_nodes(guest) -> bool:

@@ -269,6 +269,13 @@ def open_disk(disk: str) -> Iterator[Guest]:
                 _mount(stack, fstype, where, "-t", fstype)
             else:
                 _mount(stack, what, where, "--bind")
+        efivars = Path("/sys/firmware/efi/efivars")
+        if efivars.is_dir():
+            # grub-install makes the NVRAM entry through efibootmgr, which
+            # needs efivarfs: a fresh sysfs mount does not carry it.
+            _mount(
+                stack, "efivarfs", root / "sys/firmware/efi/efivars", "-t", "efivarfs"
+            )
         yield Guest(root, mounts, fs)
         subprocess.run(["sync"], check=False)
 
