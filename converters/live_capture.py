@@ -46,6 +46,7 @@ from converters.live_capture_send import (
 from converters.precopy_policy import Action, PolicyParams, PrecopyPolicy, Round
 from converters.wire.connection import WireClient
 from converters.wire.pairing import Pairing
+from converters.wire.protocol import valid_name
 from converters.wire.ranges import RangeSet
 from converters.wire.retry import retry_call
 from converters.write_tracker import DirtySet, WriteTracker, disk_of
@@ -150,6 +151,11 @@ def live_capture(request: LiveRequest, events: EventStream) -> LiveResult:
     machine = inventory.machine(include_loop=request.include_loop)
     disks = select_disks(machine, request.disks)
     session = request.name or machine.hostname or "capture"
+    if not valid_name(session):
+        raise CaptureError(
+            f"{session!r} is not a valid session name: use letters, digits, "
+            "'.', '_' and '-', at most 64"
+        )
     paths = {d.name: d.path for d in disks}
     mounts = sorted({m for d in disks for m in rw_mounts(d)})
     tracked = [disk_of(d.path) for d in disks]

@@ -10,7 +10,7 @@ from converters.events import EventStream
 from converters.fsfreeze import FreezeError
 from converters.live_capture import LiveRequest, live_capture
 from converters.live_capture_limit import LimitError
-from converters.wire.errors import TransferError
+from converters.wire.errors import WireError
 from converters.write_tracker import TrackerError
 
 
@@ -31,7 +31,7 @@ def run_live(args: argparse.Namespace, events: EventStream) -> int:
         result = live_capture(request, events)
     except (
         CaptureError,
-        TransferError,
+        WireError,
         TrackerError,
         FreezeError,
         LimitError,
