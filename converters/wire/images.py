@@ -20,6 +20,7 @@ import logging
 import struct
 import threading
 import time
+from collections import OrderedDict
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,9 @@ NAME = r"{%s:[A-Za-z0-9][A-Za-z0-9._-]{0,63}}"
 IDLE_CLOSE = 120.0
 QCOW2_MAGIC = b"QFI\xfb"
 MAX_READS = 8
+# Eight 8 MiB chunks: enough for machines a few requests apart to share
+# reads, small beside the server's per-session buffers.
+CACHE_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -144,6 +148,7 @@ class Images:
         # (plus its zstd copy) keeps V2P serving inside the server's budget
         # however many machines deploy at once.
         self.reads = asyncio.Semaphore(MAX_READS)
+        self.cache = ReadCache(CACHE_BYTES)
 
     async def run(self, func, *args):
         loop = asyncio.get_running_loop()
@@ -212,6 +217,59 @@ class _AsyncImported:
         return await self._images.run(self._disk.extents)
 
 
+class ReadCache:
+    """Recent reads of images, shared: machines of a lab deploying the same
+    image at once ask for the same chunks within moments of each other, and
+    each chunk is then read from storage (and compressed) once while they
+    stay in step. A read in progress is awaited rather than repeated.
+    Bounded by bytes; least recently used chunks go first."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self.storage_reads = 0
+        self.shared_reads = 0
+        self._entries: OrderedDict[tuple, protocol.Payload] = OrderedDict()
+        self._pending: dict[tuple, asyncio.Future] = {}
+
+    async def get(self, key: tuple, produce) -> protocol.Payload:
+        if key in self._entries:
+            self._entries.move_to_end(key)
+            self.shared_reads += 1
+            return self._entries[key]
+        pending = self._pending.get(key)
+        if pending is not None:
+            self.shared_reads += 1
+            return await asyncio.shield(pending)
+        future = asyncio.get_running_loop().create_future()
+        self._pending[key] = future
+        try:
+            payload = await produce()
+        except BaseException as e:
+            future.set_exception(e)
+            future.exception()  # retrieved: no warning when nobody waited
+            raise
+        finally:
+            del self._pending[key]
+        self.storage_reads += 1
+        future.set_result(payload)
+        self._store(key, payload)
+        return payload
+
+    def _store(self, key: tuple, payload: protocol.Payload) -> None:
+        size = len(payload.body)
+        if size > self.max_bytes:
+            return
+        self._entries[key] = payload
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            _, old = self._entries.popitem(last=False)
+            self.bytes -= len(old.body)
+
+    def stats(self) -> dict:
+        return {"storage": self.storage_reads, "shared": self.shared_reads}
+
+
 IMAGES = web.AppKey("images", Images)
 
 
@@ -255,7 +313,13 @@ class CatalogueView(_View):
     async def get(self):
         images = self.images
         entries = await images.run(catalogue, images.root, images.registry)
-        return web.json_response({"images": [e.to_json() for e in entries]})
+        return web.json_response(
+            {
+                "images": [e.to_json() for e in entries],
+                # chunks read from storage, and served again from memory
+                "reads": images.cache.stats(),
+            }
+        )
 
 
 class ImageExtentsView(_View):
@@ -286,9 +350,15 @@ class ImageDiskView(_View):
                 reason=f"ranges are read {MAX_CHUNK} bytes at most"
             )
         compress = "zstd" in headers.get("Accept-Encoding", "")
-        async with self.images.reads:
-            data = await disk.read(offset, length)
-            payload = await self.images.run(_encode, data, compress)
+        info = self.request.match_info
+        key = (info["image"], info["disk"], offset, length, compress)
+
+        async def produce() -> protocol.Payload:
+            async with self.images.reads:
+                data = await disk.read(offset, length)
+                return await self.images.run(_encode, data, compress)
+
+        payload = await self.images.cache.get(key, produce)
         reply = {
             "Content-Range": protocol.content_range(offset, length, disk.size),
             CHECKSUM_HEADER: payload.checksum,

@@ -97,3 +97,20 @@ def test_unknown_images_and_wrong_secrets_are_refused(offered, pairing):
     wrong = Pairing(pairing.host, pairing.port, pairing.fingerprint, "x" * 32)
     with pytest.raises(Unauthorized):
         list_images(wrong)
+
+
+def test_machines_deploying_the_same_image_share_each_storage_read(offered, pairing):
+    size = offered[0].stat().st_size
+    lab = [ServerDisk(pairing, "pc1", "sda", size) for _ in range(3)]
+    try:
+        chunks = [(0, 8 * MiB), (8 * MiB, 8 * MiB)]
+        for offset, length in chunks:
+            first = lab[0].read(offset, length)
+            assert all(m.read(offset, length) == first for m in lab[1:])
+    finally:
+        for machine in lab:
+            machine.close()
+    client = WireClient(pairing)
+    reads = client.request_json("GET", "/v1/images")["reads"]
+    client.close()
+    assert reads == {"storage": 2, "shared": 4}
