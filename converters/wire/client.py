@@ -4,9 +4,10 @@ serve`` (P2V capture, and later import and live capture).
 Per disk, the extent map says what to send: DATA is read and sent in 8 MiB
 requests (or as zero requests when it reads as zeros), ZERO becomes zero
 requests, SKIP is never read. A feeder hands the requests of all disks, in
-turns, to a bounded queue; a few workers, each with its own connection, read,
-compress, checksum and send them; the first worker error is raised when the
-block ends.
+turns, to a bounded queue; two readers fill a fixed set of buffers with the
+source's bytes ahead of need; a few senders, each with its own connection,
+checksum, compress (when it pays, protocol.Encoder) and send them; the first
+error is raised when the block ends.
 
 Resume: before each round the client asks the server what it has and sends
 only the rest; after a link failure a worker asks again before re-sending.
@@ -66,9 +67,12 @@ READERS = 2
 class UploadOptions:
     compress: str = "auto"  # auto | zstd | none
     bandwidth: float | None = None  # bytes per second, None: unlimited
-    # Four requests in flight: two cores each busy with one while the
-    # others wait on the network; more only adds memory (8 MiB each).
-    workers: int = 4
+    # Six requests in flight (the server takes six per session): the
+    # server's storage writes take the longest step of a request (up to
+    # 200 ms per 8 MiB through qemu-nbd on a busy disk), so the senders
+    # mostly wait on it; six keep the link full while the slowest writes
+    # finish. Each costs 8 MiB (a read buffer) plus its zstd output.
+    workers: int = 6
     chunk_size: int = CHUNK_SIZE
     # Give up when the server stays unreachable this long (a reboot of the
     # KVM host fits in it).

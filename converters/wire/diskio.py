@@ -34,8 +34,9 @@ log = logging.getLogger(__name__)
 # One second bounds what a server crash costs the client (at most a second
 # of data re-sent) at one fdatasync per second of transfer.
 FLUSH_INTERVAL = 1.0
-# qemu-nbd connections per disk: requests of one disk in flight at once.
-CONNECTIONS = 4
+# qemu-nbd connections per disk: requests of one disk in flight at once
+# (as many as a session takes, sessions.MAX_INFLIGHT).
+CONNECTIONS = 6
 
 
 class DiskIO:

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 # Request bodies a session may hold at once (each up to 8 MiB, decoded into
 # at most 8 MiB more): bounds the server's memory per session whatever the
 # client sends, and gives every session the same share of storage I/O.
-MAX_INFLIGHT = 4
+MAX_INFLIGHT = 6  # the Python client's senders; 6 x 16 MiB = 96 MiB
 BODY_SIZE = MAX_CHUNK + BODY_SLACK
 # One buffer holds a request's body and, after it, room for the body
 # decoded (a zstd body is decoded there, not into a fresh allocation).
