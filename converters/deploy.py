@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from converters import deploy_fixups, deploy_grow
+from converters.deploy_journal import DeployJournal
 from converters.deploy_plan import (
     DeployError,
     DeployPlan,
@@ -105,16 +106,37 @@ def deploy(
             )
         except (SourceError, WireError, OSError) as e:
             raise DeployError(f"cannot read image disk {disk.image_disk}: {e}") from e
+        journal = None
         try:
             with Target(disk.target.path) as target:
-                stats = write_disk(source, target, events=events, options=options)
+                journal = DeployJournal.for_target(
+                    disk.target.path,
+                    {
+                        "image": source.identity,
+                        "size": source.size,
+                        "target": disk.target.path,
+                        "target_size": target.size,
+                    },
+                )
+                if journal.resumed_bytes:
+                    events.log(
+                        f"{disk.target.path}: resuming, {journal.resumed_bytes} "
+                        "bytes were written by an earlier run"
+                    )
+                stats = write_disk(
+                    source, target, events=events, options=options, journal=journal
+                )
+            journal.close(done=True)
         except (WireError, OSError) as e:
             raise DeployError(
                 f"writing {disk.target.path} failed: {e}; the disk has no "
-                "partition table until a deploy completes"
+                "partition table until a deploy completes; run the same deploy "
+                "again to resume"
             ) from e
         finally:
             source.close()
+            if journal is not None and not journal.closed:
+                journal.close()
         result.disks.append(stats)
         events.log(
             f"{disk.target.path}: {stats.data_bytes} bytes written as data, "

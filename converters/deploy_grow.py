@@ -56,7 +56,12 @@ def _table(target: str) -> dict:
 def grow(target: str, events: EventStream) -> GrowReport | None:
     """Grow the last partition of ``target`` and its filesystem; None when
     there is nothing to do or it cannot be done (said in the events)."""
-    table = _table(target)
+    try:
+        table = _table(target)
+    except GrowError:
+        # A whole-disk filesystem, or no table sfdisk knows: nothing to grow.
+        events.log(f"grow: {target} has no partition table: not grown", "warning")
+        return None
     parts = table.get("partitions", [])
     if not parts:
         events.log(f"grow: {target} has no partitions", "warning")

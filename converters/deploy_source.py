@@ -91,6 +91,8 @@ class ServerDisk:
         self.retry_timeout = retry_timeout
         self.events = events or EventStream()
         self.link_failures = 0
+        # What a resumed deploy must find again (deploy_journal).
+        self.identity = f"ferry:{pairing.fingerprint}/{image}/{disk}"
         self._local = threading.local()
         self._clients: list[WireClient] = []
         self._lock = threading.Lock()
@@ -183,6 +185,10 @@ class FileDisk:
 
         self.spec = spec
         self.name = name or disk_name(spec)
+        self.identity = spec
+        if not spec.startswith(("http://", "https://")):
+            st = os.stat(spec)
+            self.identity = f"{os.path.abspath(spec)}@{st.st_mtime_ns}"
         self.size = size
         self.link_failures = 0
         self._dir = tempfile.mkdtemp(prefix="ferry-deploy-")

@@ -60,6 +60,7 @@ class WriteStats:
     zero_detected: int = 0  # DATA that read as zeros: zeroed instead
     zeroed_bytes: int = 0  # ZERO extents and the target's space past the image
     verified_bytes: int = 0
+    resumed_bytes: int = 0  # found in the journal of an earlier run
     seconds: float = 0.0
     link_failures: int = 0
 
@@ -106,9 +107,12 @@ def write_disk(
     *,
     events: EventStream | None = None,
     options: WriteOptions | None = None,
+    journal=None,
 ) -> WriteStats:
     """Copy ``source`` (see deploy_source) onto ``target``; raises
-    DeployError when a range does not read back as written."""
+    DeployError when a range does not read back as written. With a
+    ``journal`` (deploy_journal), chunks an earlier run wrote are not
+    fetched again (but still verified)."""
     events = events or EventStream()
     options = options or WriteOptions()
     started = time.monotonic()
@@ -131,7 +135,7 @@ def write_disk(
     target.flush()
 
     events.step("write", f"{source.name} -> {target.path}")
-    written = _pump(source, target, body, stats, progress, options)
+    written = _pump(source, target, body, stats, progress, options, journal)
     if target.size > size:
         # Stale data past the image must not be readable by a grown
         # filesystem, nor an old GPT backup found by a partitioner.
@@ -174,7 +178,9 @@ def _complement(ranges: list[tuple[int, int]], size: int) -> list[tuple[int, int
     return out
 
 
-def _pump(source, target, emap: ExtentMap, stats, progress, options) -> list:
+def _pump(
+    source, target, emap: ExtentMap, stats, progress, options, journal=None
+) -> list:
     """Writes the DATA and ZERO extents of ``emap`` (SKIP is left alone);
     returns what was written as data, with its digests."""
     items: queue.Queue = queue.Queue(maxsize=options.workers * 2)
@@ -190,7 +196,7 @@ def _pump(source, target, emap: ExtentMap, stats, progress, options) -> list:
                 ext = items.get()
                 if ext is None or stop.is_set():
                     return
-                done = _one(source, target, ext, buf, stats, lock)
+                done = _one(source, target, ext, buf, stats, lock, journal)
                 if done is not None:
                     with lock:
                         written.append(done)
@@ -248,11 +254,19 @@ def _work_items(emap: ExtentMap, chunk: int):
             yield ext
 
 
-def _one(source, target, ext: Extent, buf, stats, lock) -> _Written | None:
+def _one(source, target, ext: Extent, buf, stats, lock, journal) -> _Written | None:
+    if journal is not None:
+        digest = journal.has_data(ext.offset, ext.length)
+        if digest is not None or journal.has_zero(ext.offset, ext.length):
+            with lock:
+                stats.resumed_bytes += ext.length
+            return _Written(ext.offset, ext.length, digest) if digest else None
     if ext.kind is ExtentKind.ZERO:
         target.zero(ext.offset, ext.length)
         with lock:
             stats.zeroed_bytes += ext.length
+        if journal is not None:
+            journal.zero(ext.offset, ext.length)
         return None
     data = source.read(ext.offset, ext.length)
     if len(data) != ext.length:
@@ -261,11 +275,16 @@ def _one(source, target, ext: Extent, buf, stats, lock) -> _Written | None:
         target.zero(ext.offset, ext.length)
         with lock:
             stats.zero_detected += ext.length
+        if journal is not None:
+            journal.zero(ext.offset, ext.length)
         return None
     target.write(ext.offset, data, buf)
+    digest = hashlib.sha256(data).digest()
     with lock:
         stats.data_bytes += ext.length
-    return _Written(ext.offset, ext.length, hashlib.sha256(data).digest())
+    if journal is not None:
+        journal.wrote(ext.offset, ext.length, digest)
+    return _Written(ext.offset, ext.length, digest)
 
 
 def _verify(target: Target, written: list[_Written], stats, options) -> None:

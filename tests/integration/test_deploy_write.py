@@ -12,6 +12,7 @@ import re
 import subprocess
 import sys
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -317,3 +318,37 @@ def test_an_image_at_a_url_is_written_exactly(image, tmp_path):
         )  # fmt: skip
     assert run.returncode == 0, run.stderr
     assert_disk_is_image_then_zeros(disk, expected)
+
+
+def test_a_deploy_run_again_after_a_crash_writes_only_the_rest(
+    image, tmp_path, monkeypatch
+):
+    from converters import deploy_journal
+
+    monkeypatch.setattr(deploy_journal, "RUN_DIR", tmp_path / "run")
+    qcow2, expected = image
+    disk = old_disk(tmp_path / "disk.img", 40 * MiB)
+
+    class Crash(Exception):
+        pass
+
+    def crash(event) -> None:
+        if isinstance(event, Progress) and 0 < event.done < event.total:
+            raise Crash  # the process dies in the middle of the write
+
+    events = EventStream()
+    events.subscribe(crash)
+    with loop_device(disk) as dev:
+        request = DeployRequest(str(qcow2), [("lab", dev)], [Path(dev).name])
+        request = replace(request, fixups=False)
+        with pytest.raises(Crash):
+            deploy(request, events)
+        assert list((tmp_path / "run").glob("*.journal"))
+        result = deploy(request, EventStream())
+    (stats,) = result.disks
+    assert stats.resumed_bytes > 0
+    # Only the rest was fetched and written, but every chunk, old and new,
+    # was read back and checked.
+    assert stats.data_bytes < 13 * MiB < stats.verified_bytes
+    assert_disk_is_image_then_zeros(disk, expected)
+    assert not list((tmp_path / "run").glob("*.journal"))  # done: forgotten
