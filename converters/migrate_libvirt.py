@@ -124,15 +124,15 @@ class LibvirtMigration:
         copy = o.storage == "copy"
         flags = migrate_flags(not self.offline, copy, seed or o.auto_converge, seed)
         params = migrate_params(self.name, o.uri, o.bandwidth, o.nbd)
-        if not self.offline:
-            dom.migrateSetMaxDowntime(round(o.downtime * 1000))
-        if seed:
-            set_throttle(dom, 0)
         worker = _Worker(self.uri, self.name, self.dest_uri, params, flags)
         what = "stop, copy once" if self.offline else f"policy {label}"
         route = f"{self.name}: {self.uri} -> {self.dest_uri}"
         self.events.step("migrate", f"{route}, {what}")
         try:
+            if not self.offline:
+                dom.migrateSetMaxDowntime(round(o.downtime * 1000))
+            if seed:
+                set_throttle(dom, 0)
             worker.start()
             self._follow(dom, worker, seed)
         except BaseException as e:  # noqa: B036 - on Ctrl-C too, keep the source
@@ -256,6 +256,8 @@ class LibvirtMigration:
         if worker.is_alive():
             _quietly(dom.abortJob)
             worker.join(60)
+        elif worker.ident is None:  # never started: close its connection
+            _quietly(worker.conn.close)
         if worker.error is not None and report.status == "failed" and not report.reason:
             report.reason = worker.error.get_error_message()
         _quietly(dom.migrateSetMaxDowntime, saved.downtime_ms)
