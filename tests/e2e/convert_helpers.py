@@ -10,12 +10,43 @@ import time
 from pathlib import Path
 
 from converters import convert_command
+from converters.disk_map import map_disk
 from converters.inventory import Disk, Machine, Nic
+from converters.wire.client import DiskSource, upload
 from tests.harness.qemu_runner import DEFAULT_MAC, QemuMachine, overlay
+from tests.integration.test_capture import loop_device
+from tests.integration.test_wire_support import Serve
 
 # TCG boots these machines in 40-130 s on an idle 2-core host; a converted
 # phys-uefi-lvm took 343 s at load average 10 (RCU stall warnings and all).
 BOOT_TIMEOUT = 600
+
+
+def machine_inventory(machine) -> Machine:
+    """What the live side reports when booted on the test machine: its
+    SATA disk, its NIC's name and MAC, its firmware and hostname."""
+    size = machine.disk.stat().st_size
+    return Machine(
+        firmware=machine.recipe.firmware,
+        cpus=1,
+        memory=1 << 30,
+        disks=(Disk("sda", "/dev/sda", size, model="ST1000", serial="FERRY0001"),),
+        nics=(Nic(machine.recipe.nic, DEFAULT_MAC, True, "e1000"),),
+        hostname=machine.hostname,
+    )
+
+
+def capture_into_serve(machine, server: Serve, session: str) -> Path:
+    """ferry's own transfer of the machine's disk into a running `ferry
+    serve`: the disk as a read-only block device (a loop device), mapped
+    (partitions, used blocks) and sent over TLS, with the inventory the
+    machine's live side would send (this host is not that machine, so its
+    own inventory would describe the wrong NICs and firmware)."""
+    with loop_device(machine.disk) as dev:
+        source = DiskSource("sda", dev, map_disk(dev))
+        inventory = machine_inventory(machine).to_json()
+        upload(server.pairing, session, [source], inventory=inventory)
+    return server.storage / session
 
 
 def capture(machine, folder: Path) -> Path:
@@ -34,15 +65,7 @@ def capture(machine, folder: Path) -> Path:
         ],
         check=True,
     )
-    size = machine.disk.stat().st_size
-    inventory = Machine(
-        firmware=machine.recipe.firmware,
-        cpus=1,
-        memory=1 << 30,
-        disks=(Disk("sda", "/dev/sda", size, model="ST1000", serial="FERRY0001"),),
-        nics=(Nic(machine.recipe.nic, DEFAULT_MAC, True, "e1000"),),
-        hostname=machine.hostname,
-    )
+    inventory = machine_inventory(machine)
     (folder / "inventory.json").write_text(json.dumps(inventory.to_json()))
     return folder
 

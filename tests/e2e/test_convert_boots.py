@@ -8,8 +8,10 @@ negative control:
   the virtual slot's name (ens3) and its network configuration matches
   nothing (addr=none): the pin is what kept ens8.
 
-Each machine is captured (`qemu-img convert` of its disk: the bytes a wire
-capture stores) and converted once per module; each boot uses its own
+phys-bios is captured by ferry's own transfer into a real `ferry serve`,
+which converts it when the capture completes; phys-uefi-lvm is captured by
+`qemu-img convert` of its disk (the bytes a wire capture stores) and
+converted by `ferry convert`. Each is converted once per module; each boot uses its own
 overlay so boots do not change the converted disk.
 """
 
@@ -17,29 +19,43 @@ from __future__ import annotations
 
 import pytest
 
+from converters.wire import autoconvert
 from tests.e2e.convert_helpers import (
     BOOT_TIMEOUT,
     boot,
     capture,
+    capture_into_serve,
     log_tail,
     run_convert_cli,
 )
 from tests.harness.profiles import PROFILES
+from tests.integration.test_wire_support import Serve
 
 # A conversion is 10-15 min of emulated CPU on a loaded 2-core host, and a
 # module's first test also pays for its fixture's conversion.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 OTHER_MAC = "52:54:00:fe:01:99"
+CONVERT_TIMEOUT = 3000
 
 
 @pytest.fixture(scope="module")
 def bios_converted(machine_builder, tmp_path_factory):
+    """phys-bios captured by ferry's transfer into `ferry serve`, which
+    converts it when the capture completes, as in the field."""
     machine = machine_builder("phys-bios")
-    session = capture(machine, tmp_path_factory.mktemp("phys-bios"))
-    code, took = run_convert_cli(session)
-    assert code == 0, log_tail(session)
-    print(f"phys-bios converted in {took:.0f} s")
+    work = tmp_path_factory.mktemp("phys-bios")
+    server = Serve(work / "storage", work / "serve.log", convert=True)
+    server.start()
+    try:
+        session = capture_into_serve(machine, server, "phys-bios")
+        status = autoconvert.wait(session, CONVERT_TIMEOUT)
+    finally:
+        server.stop()
+        server.end_orphans()
+    assert status and status.state == "converted", (status, log_tail(session))
+    assert status.domain_xml == str(session / "phys-bios.xml")
+    print(f"phys-bios converted by ferry serve in {status.seconds:.0f} s")
     yield machine, session
     for disk in session.glob("*.qcow2"):
         disk.unlink()
