@@ -29,19 +29,30 @@ def file_digest(*paths: str | Path) -> str:
     return h.hexdigest()[:16]
 
 
-def prune(directory: Path, prefix: str, keep: Path) -> None:
+def prune(directory: Path, prefix: str, keep: Path, spare: int = 0) -> None:
     """Remove other versions of an artefact (and leftovers of interrupted
-    builds) so the cache holds one version per recipe and stays bounded."""
+    builds) so the cache holds one version per recipe and stays bounded.
+    `spare` newest other versions survive: a test run of another working
+    tree may still be reading them."""
     import shutil
 
     if not directory.exists():
         return
-    for entry in directory.iterdir():
-        if not entry.name.startswith(prefix) or entry.suffix == ".lock":
-            continue
-        if entry == keep:
-            continue
+    others = [
+        entry
+        for entry in directory.iterdir()
+        if entry.name.startswith(prefix) and entry.suffix != ".lock" and entry != keep
+    ]
+    others.sort(key=_mtime, reverse=True)
+    for entry in others[spare:]:
         if entry.is_dir():
             shutil.rmtree(entry, ignore_errors=True)
         else:
             entry.unlink(missing_ok=True)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:  # another build pruned it meanwhile
+        return 0.0

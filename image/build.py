@@ -75,9 +75,16 @@ def ensure(
         shutil.move(log.path, Outputs(partial).log)
         assemble.remove_tree(outputs.directory)
         partial.rename(outputs.directory)
-        cache.prune(paths.root, "live-", outputs.directory)
+        cache.prune(paths.root, "live-", outputs.directory, spare=2)
         cache.prune(paths.root, "work-", paths.root / "none")
         return outputs
+
+
+def built_keys(outputs: Outputs) -> recipe.Keys:
+    """The keys `outputs` were built with, which the live system inside them
+    knows (its medium label), whatever the working tree is now."""
+    facts = json.loads((outputs.directory / "manifest.json").read_text())
+    return recipe.Keys(wheels="", chroot=facts["chroot_key"], image=facts["key"])
 
 
 def _manifest(outputs: Outputs, keys: recipe.Keys, log: BuildLog) -> None:
@@ -134,7 +141,7 @@ def unattended_iso(outputs: Outputs, dest: Path, kernel_keys: str, echo=None) ->
     log = BuildLog(dest.with_suffix(".log"), echo)
     try:
         assemble.make_iso(
-            outputs.kernel, outputs.initrd, dest, recipe.keys(), log, kernel_keys
+            outputs.kernel, outputs.initrd, dest, built_keys(outputs), log, kernel_keys
         )
     finally:
         log.close()

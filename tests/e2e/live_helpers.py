@@ -93,7 +93,7 @@ def ipxe_chain(tftp: Path, port: int, ferry_args: str) -> tuple[Path, str]:
 def iso_with_unchecked_keys(live_image, dest: Path, kernel_keys: str) -> Path:
     """An ISO whose default entry carries keys `make image` would refuse,
     to see the live side report and refuse them too."""
-    from image import assemble, recipe
+    from image import assemble, build
     from image.steps import BuildLog
 
     log = BuildLog(dest.with_suffix(".log"), None)
@@ -102,7 +102,7 @@ def iso_with_unchecked_keys(live_image, dest: Path, kernel_keys: str) -> Path:
             live_image.kernel,
             live_image.initrd,
             dest,
-            recipe.keys(),
+            build.built_keys(live_image),
             log,
             kernel_keys,
         )
