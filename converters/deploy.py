@@ -89,6 +89,23 @@ def _open_source(image, disk: str, size: int, events: EventStream):
     return FileDisk(str(image), fmt, size, disk)
 
 
+def _check_uefi_bootable(image, disk, events: EventStream) -> None:
+    """A BIOS (MBR, no ESP) image cannot boot on a UEFI machine; converting
+    it to GPT + ESP is not done yet, so it is refused before any write."""
+    source = _open_source(image, disk.image_disk, disk.image_size, events)
+    try:
+        head = source.read(0, min(1 << 20, disk.image_size))
+    finally:
+        source.close()
+    if not deploy_fixups.has_esp(head):
+        raise DeployError(
+            f"this machine boots UEFI but image disk {disk.image_disk} has no EFI "
+            "system partition (a BIOS image); converting it to GPT + ESP is not "
+            "supported yet: boot the live environment in BIOS (legacy) mode: "
+            "nothing was written"
+        )
+
+
 def deploy(
     request: DeployRequest,
     events: EventStream | None = None,
@@ -99,6 +116,13 @@ def deploy(
     for line in plan.summary():
         events.log(line)
     result = DeployResult(plan)
+    hardware = None
+    if request.fixups and plan.disks:
+        hardware = request.hardware or deploy_fixups.this_machine(
+            plan.disks[0].target.path
+        )
+        if hardware.firmware == "uefi":
+            _check_uefi_bootable(request.image, plan.disks[0], events)
     for disk in plan.disks:
         try:
             source = _open_source(
@@ -156,7 +180,6 @@ def deploy(
                 result.grown.append(grown)
     if request.fixups and plan.disks:
         first = plan.disks[0]
-        hardware = request.hardware or deploy_fixups.this_machine(first.target.path)
         events.step("fixups", f"{first.target.path} for this machine")
         try:
             result.fixups = deploy_fixups.fix(

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import os
 import re
+import struct
 import subprocess
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,6 +75,30 @@ def chain_modules(sys_device: Path) -> list[str]:
             found.append(module)
         path = path.parent
     return found
+
+
+ESP_GUID = uuid.UUID("C12A7328-F81F-11D2-BA4B-00A0C93EC93B").bytes_le
+MBR_ESP, MBR_PROTECTIVE = 0xEF, 0xEE
+
+
+def has_esp(head: bytes, sector: int = 512) -> bool:
+    """Whether the partition table at the start of an image (its first MiB)
+    has an EFI system partition: an MBR entry of type 0xEF, or a GPT entry
+    of the ESP type. A UEFI machine cannot boot an image without one."""
+    if len(head) < 2 * sector or head[510:512] != b"\x55\xaa":
+        return False
+    types = [head[446 + 16 * i + 4] for i in range(4)]
+    if MBR_ESP in types:
+        return True
+    if MBR_PROTECTIVE not in types or head[sector : sector + 8] != b"EFI PART":
+        return False
+    entries_lba, count, size = struct.unpack_from("<QII", head, sector + 72)
+    start = entries_lba * sector
+    for i in range(min(count, 1024)):
+        entry = head[start + i * size : start + i * size + 16]
+        if entry == ESP_GUID:
+            return True
+    return False
 
 
 def this_machine(target: str) -> Hardware:

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 from test_wire_support import D, Proxy, S, Z, expected_image, write_source
 
-from converters.deploy import DeployRequest, deploy, list_images
+from converters.deploy import DeployError, DeployRequest, deploy, list_images
+from converters.deploy_fixups import Hardware
 from converters.events import EventStream, Progress
 from converters.wire.client import DiskSource, upload
 from converters.wire.pairing import Pairing
@@ -352,3 +353,16 @@ def test_a_deploy_run_again_after_a_crash_writes_only_the_rest(
     assert stats.data_bytes < 13 * MiB < stats.verified_bytes
     assert_disk_is_image_then_zeros(disk, expected)
     assert not list((tmp_path / "run").glob("*.journal"))  # done: forgotten
+
+
+def test_a_bios_image_for_a_uefi_machine_is_refused_before_any_write(tmp_path):
+    image = tmp_path / "img.raw"
+    partitioned_image(image, "dos")
+    disk = old_disk(tmp_path / "disk.img", 80 * MiB)
+    before = sha256(disk)
+    uefi = Hardware("uefi", ("ahci", "sd_mod"), ("52:54:00:fe:01:01",))
+    with loop_device(disk) as dev:
+        request = DeployRequest(str(image), [("img", dev)], [Path(dev).name])
+        with pytest.raises(DeployError, match="no EFI system partition.*nothing was"):
+            deploy(replace(request, hardware=uefi), EventStream())
+    assert sha256(disk) == before

@@ -3,9 +3,11 @@ problem is reported at once, and a target is allowed only when named."""
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 
-from converters.deploy_fixups import Hardware, hostname_for
+from converters.deploy_fixups import Hardware, has_esp, hostname_for
 from converters.deploy_plan import DeployError, DeployRequest, check
 from converters.deploy_write import _complement, _held_ranges
 from converters.inventory import Disk
@@ -74,3 +76,22 @@ def test_partition_table_areas_are_the_first_and_last_mib():
     assert _held_ranges(MiB + 4096) == [(0, MiB), (MiB, 4096)]
     assert _held_ranges(4096) == [(0, 4096)]
     assert _complement(_held_ranges(100 * MiB), 100 * MiB) == [(MiB, 98 * MiB)]
+
+
+@pytest.mark.parametrize(
+    "table, esp",
+    [
+        ("label: dos\n2048,,83\n", False),
+        ("label: dos\n2048,64M,ef\n,,83\n", True),
+        ("label: gpt\n2048,,L\n", False),
+        ("label: gpt\n2048,64M,U\n,,L\n", True),
+        ("", False),
+    ],
+    ids=["mbr", "mbr-esp", "gpt", "gpt-esp", "no-table"],
+)
+def test_images_with_an_efi_system_partition_are_told_apart(tmp_path, table, esp):
+    image = tmp_path / "img.raw"
+    subprocess.run(["truncate", "-s", str(256 * MiB), str(image)], check=True)
+    if table:
+        subprocess.run(["sfdisk", "-q", str(image)], input=table, text=True, check=True)
+    assert has_esp(image.read_bytes()[:MiB]) is esp
