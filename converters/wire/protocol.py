@@ -155,8 +155,9 @@ class Encoder:
             raise ValueError(f"compress must be one of {COMPRESS_MODES}")
         self.mode = mode
         self._zstd = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
-        # Seconds per byte, moving averages (wall clock, so a CPU shared
-        # with other work shows as the slower compression it is).
+        # Seconds per byte, moving averages (whole chunks by the wall clock,
+        # so a CPU shared with other work shows as the slower compression
+        # it is).
         self._zstd_cost: float | None = None
         self._send_cost: float | None = None
 
@@ -186,9 +187,11 @@ class Encoder:
         # The middle of a chunk is less likely than its start to be a header.
         mid = len(data) // 2
         sample = data[mid : mid + SAMPLE_SIZE]
-        started = time.perf_counter()
+        # CPU time, not wall: a sample takes well under a millisecond, so one
+        # preemption would make it look ten times slower than it is.
+        started = time.thread_time()
         ratio = len(self._zstd.compress(sample)) / len(sample)
-        cost = (time.perf_counter() - started) / len(sample)
+        cost = (time.thread_time() - started) / len(sample)
         # Samples keep the estimate fresh while chunks go out raw.
         self._zstd_cost = _average(self._zstd_cost, cost)
         if ratio > SAMPLE_RATIO:
