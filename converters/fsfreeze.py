@@ -171,21 +171,35 @@ def watchdog(timeout: float, mountpoints: list[str]) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, on_signal)
+    try:
+        return _serve(timeout, mountpoints, frozen)
+    except OSError:
+        # Above all EPIPE: ferry died between asking and reading the answer
+        # (seen: a SIGKILL right after "freeze" left both filesystems
+        # frozen when answering "frozen" raised BrokenPipeError).
+        return 0
+    finally:
+        _thaw_all(frozen)
+
+
+def _serve(timeout: float, mountpoints: list[str], frozen: list[str]) -> int:
     out, inp = sys.stdout, sys.stdin.fileno()
-    print("ready", file=out, flush=True)
+
+    def say(word: str) -> None:
+        print(word, file=out, flush=True)
+
+    say("ready")
     deadline = None
-    pending = b""
+    expired = False
     while True:
         wait = None if deadline is None else max(0.0, deadline - time.monotonic())
         ready, _, _ = select.select([inp], [], [], wait)
         if not ready:  # the freeze lasted `timeout`: end it, say so later
             _thaw_all(frozen)
-            deadline = None
-            pending = b"timeout"
+            deadline, expired = None, True
             continue
         chunk = os.read(inp, 4096)
         if not chunk:
-            _thaw_all(frozen)
             return 0
         for command in chunk.decode().split():
             if command == "freeze":
@@ -195,17 +209,14 @@ def watchdog(timeout: float, mountpoints: list[str]) -> int:
                         frozen.append(path)
                 except OSError as e:
                     _thaw_all(frozen)
-                    print(f"error cannot freeze {path}: {e.strerror}", file=out)
+                    say(f"error cannot freeze {path}: {e.strerror}")
                 else:
-                    deadline = time.monotonic() + timeout
-                    pending = b""
-                    print("frozen", file=out)
+                    deadline, expired = time.monotonic() + timeout, False
+                    say("frozen")
             elif command == "thaw":
-                expired = pending == b"timeout"
                 _thaw_all(frozen)
                 deadline = None
-                print("timeout" if expired else "thawed", file=out)
-            out.flush()
+                say("timeout" if expired else "thawed")
 
 
 if __name__ == "__main__":

@@ -176,3 +176,24 @@ def test_sigkill_of_the_process_holding_the_freeze_thaws_at_once(mounted):
         if holder.poll() is None:
             os.kill(holder.pid, signal.SIGKILL)
             holder.wait()
+
+
+def test_watchdog_thaws_when_ferry_dies_between_asking_and_reading_the_answer(mounted):
+    # The answer "frozen" then meets a closed pipe (EPIPE): once this left
+    # both filesystems frozen for good.
+    watchdog = subprocess.Popen(
+        [sys.executable, "-m", "converters.fsfreeze", "600", *mounted],
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    assert watchdog.stdout.readline().strip() == "ready"
+    watchdog.stdout.close()
+    watchdog.stdin.write("freeze\n")
+    watchdog.stdin.flush()
+    time.sleep(1)  # the freeze happens, and the answer fails
+    watchdog.stdin.close()
+    watchdog.wait(timeout=30)
+    assert all(write_with_timeout(m, 5) for m in mounted)
