@@ -249,7 +249,9 @@ def kill_at(proc: subprocess.Popen, marker: str) -> list[str]:
     return seen
 
 
-def writable(mount: Path, seconds: float = 5.0) -> bool:
+def writable(mount: Path, seconds: float = 30.0) -> bool:
+    # generous: a sync behind a busy writer on a loaded machine takes a while,
+    # and a frozen filesystem never answers at all
     probe = subprocess.Popen(["sh", "-c", f"echo x > {mount}/probe && sync -f {mount}"])
     try:
         return probe.wait(timeout=seconds) == 0
