@@ -42,9 +42,11 @@ log = logging.getLogger(__name__)
 
 TRACEFS = Path("/sys/kernel/tracing")
 EVENTS = ("block_rq_complete", "block_bio_queue")
-# The ring buffer per CPU: deep enough for a few seconds of small writes
-# on a busy server (an event is ~100 bytes) while the reader is busy.
-BUFFER_KB = 16384
+# The ring buffers of all CPUs together: deep enough for seconds of small
+# writes (an event is ~100 bytes) while the reader is busy, without taking
+# a gigabyte of kernel memory on a 64-CPU server; lost events are detected.
+BUFFER_TOTAL_KB = 65536
+BUFFER_KB_RANGE = (1024, 16384)  # per CPU
 SECTOR = 512
 # One byte per block in the dirty map: 4 KiB blocks (the page and usual
 # filesystem block) up to disks of 64 GiB, coarser beyond so that the map
@@ -90,6 +92,11 @@ def block_size(size: int) -> int:
     while size // block > MAX_MAP_BYTES:
         block *= 2
     return block
+
+
+def buffer_kb(cpus: int | None = None) -> int:
+    low, high = BUFFER_KB_RANGE
+    return min(high, max(low, BUFFER_TOTAL_KB // (cpus or os.cpu_count() or 1)))
 
 
 def disk_of(path: str) -> TrackedDisk:
@@ -181,7 +188,7 @@ class WriteTracker:
             raise TrackerError(f"cannot create a trace instance {inst}: {e}") from e
         self._instance = inst
         try:
-            (inst / "buffer_size_kb").write_text(str(BUFFER_KB))
+            (inst / "buffer_size_kb").write_text(str(buffer_kb()))
             devs = " || ".join(f"dev == {(a << 20) | b}" for a, b in self._by_devno)
             for event in EVENTS:
                 edir = inst / "events" / "block" / event

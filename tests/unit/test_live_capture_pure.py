@@ -8,7 +8,7 @@ from converters.live_capture import minus, sendable
 from converters.live_capture_limit import io_max_lines
 from converters.live_capture_send import chunks
 from converters.wire.ranges import RangeSet
-from converters.write_tracker import _EVENT, _Bitmap, block_size
+from converters.write_tracker import _EVENT, _Bitmap, block_size, buffer_kb
 
 MiB = 1 << 20
 D, Z, S = ExtentKind.DATA, ExtentKind.ZERO, ExtentKind.SKIP
@@ -73,3 +73,9 @@ def test_writer_limit_lines_name_each_disk_and_lift_with_max():
         "259:0 wbps=10000000",
     ]
     assert io_max_lines([(8, 0)], None) == ["8:0 wbps=max"]
+
+
+def test_trace_buffers_stay_bounded_on_servers_with_many_cpus():
+    assert buffer_kb(2) == 16384
+    assert buffer_kb(64) * 64 <= 65536
+    assert buffer_kb(1024) == 1024
