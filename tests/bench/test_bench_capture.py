@@ -134,7 +134,10 @@ def ferry_row(key: str, env: Env, side: str, host: str) -> Row:
     listen = f"{host}:{FERRY_PORT}"
     serve = procs.start(
         serve_name,
-        link.exec(side, [FERRY, "serve", "--storage", storage, "--listen", listen]),
+        link.exec(
+            side,
+            [FERRY, "serve", "--storage", storage, "--listen", listen, "--no-convert"],
+        ),
     )
     serve_log = procs.log(serve_name)
     wait_for(

@@ -162,26 +162,20 @@ def test_a_server_image_survives_a_cut_link_and_reads_back_exactly(
     expected = expected_image(raw, emap, tmp_path / "expected.raw")
     proxy = Proxy(pairing.port)
     via_proxy = Pairing("127.0.0.1", proxy.port, pairing.fingerprint, pairing.secret)
-    events = EventStream()
-    cut = []
-
-    def cut_once(event) -> None:
-        if isinstance(event, Progress) and not cut and event.done < event.total:
-            cut.append(event.done)
-            proxy.cut()
-
-    events.subscribe(cut_once)
     disk = old_disk(tmp_path / "disk.img", 40 * MiB)
     try:
         (info,) = list_images(via_proxy)
+        # Cut while image bytes are coming down (the first random extent),
+        # not between requests, where a reconnect would hide it.
+        proxy.cut_after_down = proxy.downstream_bytes + 2 * MiB
         with loop_device(disk) as dev:
             request = DeployRequest(
                 info, [("sda", dev)], [Path(dev).name], fixups=False
             )
-            result = deploy(request, events)
+            result = deploy(request, EventStream())
     finally:
         proxy.close()
-    assert cut and proxy.cuts >= 1
+    assert proxy.cuts >= 1
     (stats,) = result.disks
     assert stats.link_failures >= 1
     assert_disk_is_image_then_zeros(disk, expected)

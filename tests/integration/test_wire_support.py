@@ -212,7 +212,12 @@ class Proxy:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.upstream_bytes = 0
+        self.downstream_bytes = 0
+        # cut once this many bytes went up (client to server) / came down
         self.cut_after: int | None = None
+        self.cut_after_down: int | None = None
+        # bytes per second and connection going up, None: as fast as it can
+        self.rate: float | None = None
         self.cuts = 0
         self._lock = threading.Lock()
         self._conns: list[socket.socket] = []
@@ -239,8 +244,9 @@ class Proxy:
         try:
             while data := src.recv(256 << 10):
                 dst.sendall(data)
-                if upstream:
-                    self._count(len(data))
+                self._count(len(data), upstream)
+                if upstream and self.rate:
+                    time.sleep(len(data) / self.rate)
         except OSError:
             pass
         finally:
@@ -248,12 +254,22 @@ class Proxy:
                 with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
 
-    def _count(self, n: int) -> None:
+    def _count(self, n: int, upstream: bool) -> None:
         with self._lock:
-            self.upstream_bytes += n
-            due = self.cut_after is not None and self.upstream_bytes >= self.cut_after
-            if due:
-                self.cut_after = None
+            if upstream:
+                self.upstream_bytes += n
+                due = self.cut_after is not None and (
+                    self.upstream_bytes >= self.cut_after
+                )
+                if due:
+                    self.cut_after = None
+            else:
+                self.downstream_bytes += n
+                due = self.cut_after_down is not None and (
+                    self.downstream_bytes >= self.cut_after_down
+                )
+                if due:
+                    self.cut_after_down = None
         if due:
             self.cut()
 

@@ -156,20 +156,31 @@ async def test_a_disk_mounted_read_write_is_refused_before_anything_is_sent(
 async def test_cancel_asks_first_then_stops_and_retry_resumes_to_complete(
     serve, pairing, loop_disks
 ):
+    from converters.wire.pairing import Pairing
+
     disk = loop_disks("big", size_mib=96, fill_mib=48)
+    # A slow link, so the capture is still running when the cancel comes
+    # however fast this host sends.
+    proxy = Proxy(pairing.port)
+    proxy.rate = 1 << 20
+    via = Pairing(pairing.host, proxy.port, pairing.fingerprint, pairing.secret)
     app = create_app(include_loop=True)
-    async with app.run_test(size=SIZE) as pilot:
-        await fill_p2v(pilot, str(pairing), [disk.name], "stopped")
-        await pilot.press("ctrl+g")
-        await wait_for(pilot, lambda: isinstance(app.screen, ProgressScreen))
-        await pilot.press("c")
-        assert screen_name(app) == "ConfirmModal"
-        await pilot.press("y")
-        done = await finished(pilot)
-        assert done.outcome.title == "Capture stopped", done.outcome
-        await pilot.press("r")  # retry resumes the same session
-        done = await finished(pilot)
-        assert done.outcome.ok, done.outcome
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            await fill_p2v(pilot, str(via), [disk.name], "stopped")
+            await pilot.press("ctrl+g")
+            await wait_for(pilot, lambda: isinstance(app.screen, ProgressScreen))
+            await pilot.press("c")
+            assert screen_name(app) == "ConfirmModal"
+            await pilot.press("y")
+            done = await finished(pilot)
+            assert done.outcome.title == "Capture stopped", done.outcome
+            proxy.rate = None
+            await pilot.press("r")  # retry resumes the same session
+            done = await finished(pilot)
+            assert done.outcome.ok, done.outcome
+    finally:
+        proxy.close()
     assert all(d["complete"] for d in record(serve, "stopped")["disks"])
 
 
