@@ -30,9 +30,14 @@ HEAVY_FIRST = [
     "tests/e2e/test_golden_path.py::TestGoldenPathFromTheIsoOnSeabios",
     "tests/e2e/test_import_boots.py",
     "tests/e2e/test_golden_path.py::TestGoldenPathOverPxe",
+    "tests/e2e/test_deploy_boots.py",
     "tests/e2e/test_live_boots.py",
     "tests/e2e/test_harness_boots.py",
     "tests/e2e/test_convert_safety.py",
+    "tests/integration/test_migrate_libvirt.py",
+    "tests/integration/test_migrate_live.py",
+    "tests/integration/test_serve_convert.py",
+    "tests/integration/test_live_capture.py",
 ]
 
 
