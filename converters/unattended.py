@@ -187,13 +187,57 @@ def run_p2v(keys: BootKeys, out: Consoles, capture_fn=None, wait=SERVER_WAIT) ->
     return result.session
 
 
-def run_v2p(keys: BootKeys, out: Consoles) -> str:
+def v2p_request(keys: BootKeys, out: Consoles, wait: float = SERVER_WAIT):
+    """The deploy the keys ask for: ferry.image as the first answering
+    server offers it, its disks onto ferry.target in order, confirmed by
+    ferry.confirm. The engine still checks every disk before a byte is
+    written."""
+    from converters import deploy as engine
+
+    pairing = choose_server(keys.pairings(), out, wait)
+    offered = engine.list_images(pairing)
+    found = [image for image in offered if image.name == keys.image]
+    if not found:
+        names = ", ".join(image.name for image in offered) or "none"
+        raise UnattendedError(
+            f"ferry serve at {pairing.address} offers no image {keys.image} "
+            f"(it offers: {names}): nothing was written"
+        )
+    image = found[0]
+    disks = [name for name, _ in image.disks]
+    if len(keys.target) > len(disks):
+        raise UnattendedError(
+            f"ferry.target names {len(keys.target)} disks for an image of "
+            f"{len(disks)}: nothing was written"
+        )
+    targets = [t if t.startswith("/dev/") else f"/dev/{t}" for t in keys.target]
+    return engine.DeployRequest(
+        image=image,
+        targets=list(zip(disks, targets, strict=False)),
+        confirm=list(keys.confirm),
+        hostname=keys.hostname,
+    )
+
+
+def run_v2p(keys: BootKeys, out: Consoles, wait: float = SERVER_WAIT) -> str:
+    """Write the image onto this machine's disks and make it boot here;
+    returns the image's name."""
     if importlib.util.find_spec("converters.deploy") is None:
         raise UnattendedError(
             "unattended V2P needs the deploy engine, which this build of ferry "
             "does not have: nothing was written"
         )
-    raise UnattendedError("unattended V2P is not wired yet: nothing was written")
+    from converters import deploy as engine
+    from converters.wire.errors import WireError
+
+    events = EventStream()
+    events.subscribe(progress_listener(out))
+    try:
+        request = v2p_request(keys, out, wait)
+        engine.deploy(request, events)  # logs what it wrote and verified
+    except (engine.DeployError, WireError, OSError) as e:
+        raise UnattendedError(str(e)) from None
+    return request.image.name
 
 
 def power(action: str, out: Consoles) -> None:

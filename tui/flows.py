@@ -221,3 +221,59 @@ class V2PFlow(Flow):
             where=f"disk {self.targets} is partly written",
             retry=V2PFlow(self.image, self.mappings, self.confirm, self.hostname),
         )
+
+
+@dataclass
+class UnattendedV2PFlow(Flow):
+    """ferry.mode=v2p on the screens: the image, the disks and their
+    confirmation come from the kernel keys (converters.unattended), the
+    checks and the write from converters.deploy, as in the plain-line run."""
+
+    boot: object  # converters.kernel_cmdline.BootKeys
+    writing: bool = field(default=False, init=False)
+    kind = "V2P deploy"
+
+    @property
+    def targets(self) -> str:
+        return ", ".join(self.boot.target)
+
+    @property
+    def title(self) -> str:
+        return f"V2P deploy of {self.boot.image} to {self.targets}"
+
+    def run(self, events: EventStream) -> Outcome:
+        from converters import deploy as engine
+        from converters.unattended import v2p_request
+
+        request = v2p_request(self.boot, _Lines(events))
+        events.step("plan", f"{self.boot.image} onto {self.targets}")
+        engine.plan_deploy(request)  # every refusal before a byte is written
+        self.writing = True
+        engine.deploy(request, events)
+        return Outcome(
+            True,
+            "Deploy complete",
+            f"Wrote image {self.boot.image} to {self.targets} and made it boot "
+            "on this machine.",
+            where=f"disk {self.targets} of this machine",
+        )
+
+    def failed(self, err: BaseException) -> Outcome:
+        again = UnattendedV2PFlow(self.boot)
+        server = str(self.boot.servers[0]) if self.boot.servers else ""
+        if not self.writing:
+            return Outcome(
+                False,
+                "Cannot deploy",
+                explain(err, server, "The deploy cannot start: ")
+                + f" Nothing was written to {self.targets}.",
+                where="no disk was touched",
+                retry=again,
+            )
+        return Outcome(
+            False,
+            "Deploy failed",
+            explain(err, server, "The deploy failed: "),
+            where=f"disk {self.targets}",
+            retry=again,
+        )

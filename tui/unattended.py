@@ -38,9 +38,9 @@ def flow_from_keys(keys: dict[str, str], include_loop: bool = False) -> Flow:
 
         if not available():
             raise UnattendedError(f"{NOT_AVAILABLE}: nothing was written.")
-        raise UnattendedError(
-            "Unattended V2P is not wired to converters.deploy yet: nothing was written."
-        )
+        from tui.flows import UnattendedV2PFlow
+
+        return UnattendedV2PFlow(boot)
     raise UnattendedError(f"ferry.mode={boot.mode} is not a flow: use p2v or v2p.")
 
 

@@ -112,9 +112,10 @@ def test_unattended_keys_that_make_no_flow_say_why():
         "ferry.target": "sda",
         "ferry.confirm": "sda",
     }
-    # converters.deploy exists; unattended V2P is not built yet.
-    with pytest.raises(UnattendedError, match="Unattended V2P is not wired"):
-        flow_from_keys(v2p)
+    flow = flow_from_keys(v2p)
+    assert flow.title == "V2P deploy of web01 to sda"
+    with pytest.raises(UnattendedError, match="must name every disk"):
+        flow_from_keys({**v2p, "ferry.target": "sda,sdb"})
 
 
 def test_unattended_p2v_keys_make_the_capture_the_screens_run():

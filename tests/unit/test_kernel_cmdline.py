@@ -295,3 +295,12 @@ def test_default_session_name_is_the_first_nic_mac(tmp_path):
         if physical:
             (nic / "device").mkdir()
     assert unattended.default_name(tmp_path) == "p2v-525400fe0101"
+
+
+def test_a_lab_hostname_pattern_is_checked_as_it_will_read():
+    base = f"ferry.mode=v2p ferry.server=h:1 ferry.token={TOKEN} ferry.image=lab"
+    base += " ferry.target=sda ferry.confirm=sda"
+    keys = kernel_cmdline.parse(base + " ferry.hostname=lab-{mac}.example")
+    assert not keys.problems and keys.hostname == "lab-{mac}.example"
+    bad = kernel_cmdline.parse(base + " ferry.hostname=lab_{mac}")
+    assert [p.key for p in bad.fatal] == ["ferry.hostname"]
