@@ -91,7 +91,7 @@ def plan(request: CaptureRequest) -> CapturePlan:
                 f"{disk.name} has a filesystem mounted read-write at "
                 f"{', '.join(busy)}: unmount it (or remount read-only) first"
             )
-    return CapturePlan(machine, disks, request.name or machine.hostname or "capture")
+    return CapturePlan(machine, disks, request.name or _default_name(machine))
 
 
 def map_disks(disks: list[Disk], events: EventStream) -> list[DiskSource]:
@@ -139,3 +139,11 @@ def _inventory(machine: Machine, request: CaptureRequest) -> dict:
     if request.memory:
         inv["memory"] = request.memory
     return inv
+
+
+def _default_name(machine: Machine) -> str:
+    # In the live environment the host name is unknown (""): the MAC of the
+    # first NIC names the machine, as in unattended runs.
+    from converters.unattended import default_name
+
+    return machine.hostname or default_name()

@@ -278,6 +278,18 @@ def _cpu_model() -> str:
     return ""
 
 
+# Present in ferry's live environment (image/elements), whose host name
+# is its own, not the machine's.
+LIVE_MARKER = Path("/etc/ferry-live")
+
+
+def machine_hostname(live_marker: Path = LIVE_MARKER) -> str:
+    """This machine's host name, or "" when the live environment runs on
+    it: then the KVM side names the VM after the session, not "ferry-live"
+    for every machine of a rack."""
+    return "" if live_marker.exists() else os.uname().nodename
+
+
 def machine(include_loop: bool = False) -> Machine:
     return Machine(
         firmware="uefi" if Path("/sys/firmware/efi").exists() else "bios",
@@ -286,5 +298,5 @@ def machine(include_loop: bool = False) -> Machine:
         cpu_model=_cpu_model(),
         disks=tuple(disks(include_loop)),
         nics=tuple(nics()),
-        hostname=os.uname().nodename,
+        hostname=machine_hostname(),
     )

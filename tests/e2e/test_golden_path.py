@@ -147,6 +147,8 @@ class GoldenPath:
         status = autoconvert.wait(session, timeout=CONVERT_TIMEOUT)
         assert status and status.state == "converted", (status, log_tail(session))
         took = status.seconds
+        # named after the session, not after the live system's host name
+        assert status.domain_xml == str(session / f"{SESSION}.xml"), status
         profile = PROFILES["virtual"]
         with boot(session, profile, workdir) as vm:
             marker = vm.wait_marker(BOOT_TIMEOUT)

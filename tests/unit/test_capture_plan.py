@@ -1,4 +1,5 @@
 import argparse
+import os
 
 import pytest
 
@@ -40,3 +41,13 @@ def test_bandwidth_option_refuses_what_is_not_a_rate_in_one_line():
     assert rate("50M") == 50e6
     with pytest.raises(argparse.ArgumentTypeError, match="bad rate"):
         rate("fast")
+
+
+def test_in_the_live_environment_the_machine_has_no_host_name_of_its_own(tmp_path):
+    from converters.inventory import machine_hostname
+
+    marker = tmp_path / "ferry-live"
+    assert machine_hostname(marker) == os.uname().nodename
+    marker.touch()
+    # "ferry-live" would name every VM of a rack alike
+    assert machine_hostname(marker) == ""
