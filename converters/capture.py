@@ -62,7 +62,9 @@ def rw_mounts(disk: Disk) -> list[str]:
     return found
 
 
-def _select(machine: Machine, wanted: list[str] | None) -> list[Disk]:
+def select_disks(machine: Machine, wanted: list[str] | None) -> list[Disk]:
+    """The disks named (kernel name or path), or every fixed disk but the
+    boot medium; one-line errors for a disk that is not there."""
     if not wanted or wanted == ["all"]:
         chosen = [d for d in machine.disks if not d.removable and not d.boot_medium]
         if not chosen:
@@ -81,7 +83,7 @@ def _select(machine: Machine, wanted: list[str] | None) -> list[Disk]:
 def plan(request: CaptureRequest) -> CapturePlan:
     """Inventory and the checks that must pass before a byte is sent."""
     machine = inventory.machine(include_loop=request.include_loop)
-    disks = _select(machine, request.disks)
+    disks = select_disks(machine, request.disks)
     for disk in disks:
         if disk.boot_medium:
             raise CaptureError(f"{disk.name} is the medium ferry booted from")

@@ -29,11 +29,10 @@ import time
 from dataclasses import dataclass, field
 
 from converters import inventory
-from converters.capture import CaptureError, rw_mounts
+from converters.capture import CaptureError, rw_mounts, select_disks
 from converters.events import Event, EventStream
 from converters.extents import ExtentKind, ExtentMap
 from converters.fsfreeze import DEFAULT_TIMEOUT, FreezeGuard
-from converters.inventory import Disk, Machine
 from converters.live_capture_limit import WriterLimit
 from converters.live_capture_map import frozen_first, frozen_map, live_map
 from converters.live_capture_send import (
@@ -111,22 +110,6 @@ class LiveResult:
     map_freeze_seconds: float = 0.0  # a brief freeze for the first map
     total_seconds: float = 0.0
     maps: dict[str, ExtentMap] = field(default_factory=dict)  # the exact ones
-
-
-def select_disks(machine: Machine, wanted: list[str] | None) -> list[Disk]:
-    if not wanted or wanted == ["all"]:
-        chosen = [d for d in machine.disks if not d.removable and not d.boot_medium]
-        if not chosen:
-            raise CaptureError("no fixed disks found to capture")
-        return chosen
-    chosen = []
-    for name in wanted:
-        try:
-            chosen.append(machine.disk(name))
-        except KeyError:
-            known = ", ".join(d.name for d in machine.disks) or "none"
-            raise CaptureError(f"no disk {name!r} (disks: {known})") from None
-    return chosen
 
 
 def sendable(emap: ExtentMap) -> RangeSet:

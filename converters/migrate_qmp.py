@@ -224,19 +224,7 @@ class QmpMigration:
                 if r is None:
                     continue
                 d = policy.decide(r)
-                event = MigrationRound(
-                    r.number,
-                    r.bytes_sent,
-                    r.bytes_dirtied,
-                    r.bytes_remaining,
-                    r.bandwidth,
-                    r.elapsed,
-                    throttle,
-                    d.action.value,
-                    d.rule,
-                    d.reason,
-                    disk.remaining if disk else 0,
-                )
+                event = MigrationRound.of(r, d, throttle, disk.remaining if disk else 0)
                 report.rounds.append(event)
                 self.events.emit(event)
                 if o.policy != "seed":

@@ -328,18 +328,6 @@ class ImageExtentsView(_View):
         return web.json_response(emap.to_json())
 
 
-_encoders = threading.local()
-
-
-def _encode(data: bytes, compress: bool) -> protocol.Payload:
-    mode = "auto" if compress else "none"
-    encoder = getattr(_encoders, mode, None)
-    if encoder is None:
-        encoder = protocol.Encoder(mode)
-        setattr(_encoders, mode, encoder)
-    return encoder.encode(data)
-
-
 class ImageDiskView(_View):
     async def get(self):
         disk = await self.image_disk()
@@ -356,7 +344,7 @@ class ImageDiskView(_View):
         async def produce() -> protocol.Payload:
             async with self.images.reads:
                 data = await disk.read(offset, length)
-                return await self.images.run(_encode, data, compress)
+                return await self.images.run(protocol.encode_reply, data, compress)
 
         payload = await self.images.cache.get(key, produce)
         reply = {

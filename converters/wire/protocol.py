@@ -201,6 +201,20 @@ class Encoder:
         return self._zstd_cost < self._send_cost * (1 - ratio)
 
 
+_reply_encoders = threading.local()
+
+
+def encode_reply(data: bytes, compress: bool) -> Payload:
+    """A read's reply body, from the calling thread's own encoder (the
+    servers encode in their worker threads)."""
+    mode = "auto" if compress else "none"
+    encoder = getattr(_reply_encoders, mode, None)
+    if encoder is None:
+        encoder = Encoder(mode)
+        setattr(_reply_encoders, mode, encoder)
+    return encoder.encode(data)
+
+
 def _average(old: float | None, new: float) -> float:
     # Weight 1/4: follows a change of link or load within a few chunks
     # (a few hundred ms) without flapping on one slow request.

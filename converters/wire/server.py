@@ -13,7 +13,6 @@ import contextlib
 import hmac
 import logging
 import ssl
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -270,7 +269,7 @@ class DiskView(_View):
             data = await disk.read(offset, length)
             loop = asyncio.get_running_loop()
             payload = await loop.run_in_executor(
-                self.state.executor, _encode, data, compress
+                self.state.executor, protocol.encode_reply, data, compress
             )
         headers = {
             "Content-Range": protocol.content_range(offset, length, disk.record.size),
@@ -294,18 +293,6 @@ async def _read_body(request: web.Request, view: memoryview) -> memoryview:
     if pos != size:
         raise BadRequest(reason=f"body ended after {pos} of {size} bytes")
     return view
-
-
-_encoders = threading.local()
-
-
-def _encode(data: bytes, compress: bool) -> protocol.Payload:
-    mode = "auto" if compress else "none"
-    encoder = getattr(_encoders, mode, None)
-    if encoder is None:
-        encoder = protocol.Encoder(mode)
-        setattr(_encoders, mode, encoder)
-    return encoder.encode(data)
 
 
 async def run(

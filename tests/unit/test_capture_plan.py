@@ -18,23 +18,23 @@ BOOT = Disk("sdc", "/dev/sdc", 1 << 30, boot_medium=True)
 
 
 def test_default_selection_is_every_fixed_disk_but_the_boot_medium():
-    chosen = capture._select(machine(FIXED, STICK, BOOT), None)
+    chosen = capture.select_disks(machine(FIXED, STICK, BOOT), None)
     assert [d.name for d in chosen] == ["sda"]
 
 
 def test_disks_can_be_named_by_kernel_name_or_path():
-    chosen = capture._select(machine(FIXED, STICK), ["/dev/sdb", "sda"])
+    chosen = capture.select_disks(machine(FIXED, STICK), ["/dev/sdb", "sda"])
     assert [d.name for d in chosen] == ["sdb", "sda"]
 
 
 def test_an_unknown_disk_is_refused_with_the_disks_there_are():
     with pytest.raises(capture.CaptureError, match=r"no disk 'sdz' \(disks: sda\)"):
-        capture._select(machine(FIXED), ["sdz"])
+        capture.select_disks(machine(FIXED), ["sdz"])
 
 
 def test_a_machine_without_fixed_disks_has_nothing_to_capture():
     with pytest.raises(capture.CaptureError, match="no fixed disks"):
-        capture._select(machine(STICK), None)
+        capture.select_disks(machine(STICK), None)
 
 
 def test_bandwidth_option_refuses_what_is_not_a_rate_in_one_line():
