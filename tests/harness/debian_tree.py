@@ -52,7 +52,7 @@ def tree_tar(variant: str) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     with _locked(out.with_suffix(".lock")):
         if not out.exists():
-            cache.prune(out.parent, f"{SUITE}-{variant}-", keep=out)
+            cache.prune(out.parent, f"{SUITE}-{variant}-", keep=out, spare=1)
             _build(out, extra)
     return out
 

@@ -103,7 +103,8 @@ def build(name: str) -> BuiltMachine:
         out.parent.mkdir(parents=True, exist_ok=True)
         with debian_tree._locked(out.with_suffix(".lock")):
             if not meta.exists():
-                cache.prune(out.parent, f"{name}-", keep=out)
+                # two older versions survive: another run may be booting them
+                cache.prune(out.parent, f"{name}-", keep=out, spare=2)
                 _build(recipe, tree, out)
     saved = json.loads(meta.read_text())
     return BuiltMachine(
