@@ -21,7 +21,7 @@ from aiohttp import web
 
 import converters
 
-from . import autoconvert, images, protocol, storage
+from . import autoconvert, bundle, images, protocol, storage
 from .errors import BadRequest, PayloadTooLarge, Unauthorized, WireError
 from .pairing import Identity
 from .protocol import API, BODY_SLACK, CHECKSUM_HEADER, MAX_CHUNK
@@ -80,6 +80,7 @@ def create_app(storage_dir: Path, secret: str, settings: Settings | None = None)
     r.add_view(f"{disk}/status", DiskStatusView)
     r.add_view(f"{disk}/extents", ExtentsView)
     images.setup(app, storage_dir, state.registry, executor)
+    bundle.setup(app, storage_dir)
     app.on_startup.append(_startup)
     app.on_cleanup.append(_cleanup)
     autoconvert.install(app, storage_dir, settings.convert)

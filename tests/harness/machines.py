@@ -77,6 +77,21 @@ RECIPES = {
 }
 
 
+# Packages some machines carry beyond the shared tree, installed in their
+# chroot: phys-bios runs `ferry capture --live` itself (tests/e2e/
+# test_live_p2v_boots.py), so it has Python, venv and the Debian packages
+# ferry's venv takes from the system (parted, pyudev) and partclone.
+EXTRA_PACKAGES = {
+    "phys-bios": (
+        "python3",
+        "python3-venv",
+        "python3-parted",
+        "python3-pyudev",
+        "partclone",
+    ),
+}
+
+
 @dataclass
 class BuiltMachine:
     recipe: Recipe
@@ -96,6 +111,8 @@ def build(name: str) -> BuiltMachine:
     parts = [asdict(recipe), tree.name, BUILD_STEPS_VERSION, machine_files.CONTENT]
     if _kernel_args(recipe):  # (left out when empty: older keys stay valid)
         parts.append(_kernel_args(recipe))
+    if name in EXTRA_PACKAGES:  # (the same: other machines keep their keys)
+        parts.append(EXTRA_PACKAGES[name])
     key = cache.recipe_key(*parts)
     out = cache.root() / "machines" / f"{name}-{key}"
     meta = out / "machine.json"
@@ -182,6 +199,12 @@ def _customize(recipe: Recipe, root: Path, kernel: str) -> dict[str, str]:
     )
     modules = "\n".join(recipe.drivers) + "\n"
     with debian_tree.chroot_mounts(root):
+        extra = EXTRA_PACKAGES.get(recipe.name, ())
+        if extra:
+            debian_tree.chroot(root, "apt-get", "update", "-q")
+            debian_tree.chroot(root, "apt-get", "install", "-y", "-q",
+                               "--no-install-recommends", *extra)  # fmt: skip
+            debian_tree.chroot(root, "apt-get", "clean")
         if recipe.initramfs == "initramfs-tools":
             machine_files.write(root, "etc/initramfs-tools/modules", modules)
             machine_files.write(
