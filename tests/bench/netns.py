@@ -70,6 +70,14 @@ class Link:
         """``argv`` run inside the namespace of ``side`` ("src" or "dst")."""
         return ["ip", "netns", "exec", self.ns(side), *map(str, argv)]
 
+    def enter(self, side: str, argv: list[str]) -> list[str]:
+        """``argv`` in the network namespace of ``side`` only. ``ip netns
+        exec`` also gives the command a mount namespace with a fresh /sys,
+        which hides tracefs (/sys/kernel/tracing) from a live capture's
+        write tracker; nsenter switches the network and nothing else."""
+        netns_path = f"/run/netns/{self.ns(side)}"
+        return ["nsenter", f"--net={netns_path}", "--", *map(str, argv)]
+
     def tx_bytes(self) -> int:
         """Bytes sent by both ends, from the veth counters of each namespace.
 

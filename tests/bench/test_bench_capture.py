@@ -25,6 +25,7 @@ import os
 import platform
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -131,25 +132,7 @@ def ferry_row(key: str, env: Env, side: str, host: str) -> Row:
     procs, link, loops = env.procs, env.link, env.loops
     storage = env.folder / f"storage-{key}"
     serve_name, capture_name = f"serve-{key}", f"capture-{key}"
-    listen = f"{host}:{FERRY_PORT}"
-    serve = procs.start(
-        serve_name,
-        link.exec(
-            side,
-            [FERRY, "serve", "--storage", storage, "--listen", listen, "--no-convert"],
-        ),
-    )
-    serve_log = procs.log(serve_name)
-    wait_for(
-        "ferry serve",
-        lambda: "pairing: " in serve_log.read_text() or serve.poll() is not None,
-    )
-    lines = serve_log.read_text().splitlines()
-    pairing = next(
-        (ln.split(" ", 1)[1] for ln in lines if ln.startswith("pairing: ")), ""
-    )
-    if not pairing:
-        raise RuntimeError(f"ferry serve did not start:\n{tail(serve_log)}")
+    serve, pairing = start_serve(procs, link, side, host, storage, serve_name)
     disk = Path(loops.whole).name
     argv = [FERRY, "capture", "--server", pairing, "--loop", "--disks", disk]
     loops.drop_caches()
@@ -194,6 +177,33 @@ def ferry_row(key: str, env: Env, side: str, host: str) -> Row:
         check_skip_zeroed(key, env, image)
     shutil.rmtree(storage, ignore_errors=True)
     return row
+
+
+def start_serve(
+    procs: Procs, link: Link, side: str, host: str, storage: Path, name: str
+) -> tuple[subprocess.Popen, str]:
+    """``ferry serve --no-convert`` on ``side``'s ``host``; returns the
+    process and its pairing string."""
+    listen = f"{host}:{FERRY_PORT}"
+    serve = procs.start(
+        name,
+        link.exec(
+            side,
+            [FERRY, "serve", "--storage", storage, "--listen", listen, "--no-convert"],
+        ),
+    )
+    log = procs.log(name)
+    wait_for(
+        "ferry serve",
+        lambda: "pairing: " in log.read_text() or serve.poll() is not None,
+    )
+    lines = log.read_text().splitlines()
+    pairing = next(
+        (ln.split(" ", 1)[1] for ln in lines if ln.startswith("pairing: ")), ""
+    )
+    if not pairing:
+        raise RuntimeError(f"ferry serve did not start:\n{tail(log)}")
+    return serve, pairing
 
 
 def end_orphans(storage: Path) -> None:
