@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from converters import deploy_fixups, deploy_grow
+from converters import deploy_fixups, deploy_grow, deploy_uefi_layout
 from converters.deploy_journal import DeployJournal
 from converters.deploy_plan import (
     DeployError,
@@ -89,21 +89,21 @@ def _open_source(image, disk: str, size: int, events: EventStream):
     return FileDisk(str(image), fmt, size, disk)
 
 
-def _check_uefi_bootable(image, disk, events: EventStream) -> None:
-    """A BIOS (MBR, no ESP) image cannot boot on a UEFI machine; converting
-    it to GPT + ESP is not done yet, so it is refused before any write."""
+def _needs_esp(image, disk, events: EventStream) -> bool:
+    """Whether a UEFI machine's image disk must be given an EFI system
+    partition (a BIOS image: converted to GPT + ESP after the write); one
+    that cannot be is refused before any write."""
     source = _open_source(image, disk.image_disk, disk.image_size, events)
     try:
         head = source.read(0, min(1 << 20, disk.image_size))
     finally:
         source.close()
-    if not deploy_fixups.has_esp(head):
-        raise DeployError(
-            f"this machine boots UEFI but image disk {disk.image_disk} has no EFI "
-            "system partition (a BIOS image); converting it to GPT + ESP is not "
-            "supported yet: boot the live environment in BIOS (legacy) mode: "
-            "nothing was written"
+    try:
+        return deploy_uefi_layout.needs_esp(
+            head, disk.image_disk, disk.image_size, disk.target.size
         )
+    except deploy_uefi_layout.LayoutError as e:
+        raise DeployError(f"{e}: nothing was written") from None
 
 
 def deploy(
@@ -117,12 +117,13 @@ def deploy(
         events.log(line)
     result = DeployResult(plan)
     hardware = None
+    add_esp = False
     if request.fixups and plan.disks:
         hardware = request.hardware or deploy_fixups.this_machine(
             plan.disks[0].target.path
         )
         if hardware.firmware == "uefi":
-            _check_uefi_bootable(request.image, plan.disks[0], events)
+            add_esp = _needs_esp(request.image, plan.disks[0], events)
     for disk in plan.disks:
         try:
             source = _open_source(
@@ -167,7 +168,20 @@ def deploy(
             f"{stats.zeroed_bytes + stats.zero_detected} zeroed, "
             f"{stats.verified_bytes} verified by read-back, in {stats.seconds:.1f} s"
         )
-        if disk.larger_by >= deploy_grow.MIN_GROWTH and request.grow:
+        if add_esp and disk is plan.disks[0]:
+            events.step(
+                "uefi layout", f"{disk.target.path}: GPT + EFI system partition"
+            )
+            try:
+                deploy_uefi_layout.add_esp(disk.target.path, events)
+            except (deploy_uefi_layout.LayoutError, FixupError) as e:
+                raise DeployError(
+                    f"{disk.target.path} was written and verified, but giving it "
+                    f"an EFI system partition failed: {e}"
+                ) from e
+            # The ESP now ends the disk: the root partition stays as written.
+            events.log(f"grow: {disk.target.path} not grown (the ESP is last)")
+        elif disk.larger_by >= deploy_grow.MIN_GROWTH and request.grow:
             events.step("grow", f"{disk.target.path}: last partition to the end")
             try:
                 grown = deploy_grow.grow(disk.target.path, events)

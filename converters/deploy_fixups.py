@@ -23,7 +23,7 @@ from pathlib import Path
 from converters.events import EventStream
 from converters.fixups import chroot_backend, nic_names, pipeline
 from converters.fixups.device_names import SourceDisk
-from converters.fixups.guest import FixupError, GuestOS
+from converters.fixups.guest import Filesystem, FixupError, GuestOS
 
 SYS = Path("/sys")
 # Masked on metal: they wait for a virtio-serial port that is not there.
@@ -114,9 +114,25 @@ def this_machine(target: str) -> Hardware:
             continue  # virtual: lo, bridges, veth
         modules += [m for m in chain_modules(nic / "device") if m not in modules]
         macs.append((nic / "address").read_text().strip())
-    serial_file = SYS / "class/block" / name / "device/serial"
-    serial = serial_file.read_text().strip() if serial_file.exists() else ""
-    return Hardware(live_firmware(), tuple(modules), tuple(macs), serial)
+    return Hardware(live_firmware(), tuple(modules), tuple(macs), disk_serial(name))
+
+
+def disk_serial(name: str) -> str:
+    """The disk's serial: sysfs ``serial`` (NVMe, virtio), else the SCSI unit
+    serial number page (VPD 0x80), which is how SATA and SAS disks show it:
+    they have no ``serial`` file, and a lab's {serial} would be empty."""
+    block = SYS / "class/block" / name
+    for path in (block / "device/serial", block / "serial"):
+        if path.is_file():
+            return path.read_text().strip()
+    vpd = block / "device/vpd_pg80"
+    try:
+        page = vpd.read_bytes()
+    except OSError:
+        return ""
+    if len(page) < 4 or page[1] != 0x80:
+        return ""
+    return page[4 : 4 + page[3]].decode("ascii", "replace").strip()
 
 
 def hostname_for(pattern: str, hardware: Hardware) -> str:
@@ -149,29 +165,8 @@ def mask_virtual_only(guest: GuestOS) -> list[str]:
     return masked
 
 
-def install_bootloader(guest, disk: str, firmware: str, real_nodes: bool) -> str:
-    """BIOS: grub on the disk's boot area; UEFI: grub on the ESP (its NVRAM
-    entry made by grub-install through efibootmgr; the fallback path is a
-    pipeline step)."""
-    if firmware == "uefi":
-        esp = next(
-            (
-                m.mountpoint
-                for m in guest.mounts()
-                if m.mountpoint in ("/boot/efi", "/efi")
-            ),
-            None,
-        )
-        if esp is None:
-            raise FixupError(
-                "this machine boots UEFI but the image has no EFI system "
-                "partition: converting an MBR image to GPT + ESP is not "
-                "supported yet; boot the live environment in BIOS mode"
-            )
-        guest.run_command(
-            ["grub-install", "--target=x86_64-efi", f"--efi-directory={esp}"]
-        )
-        return f"grub-install x86_64-efi on {esp} with an NVRAM entry"
+def install_bootloader(guest, disk: str, real_nodes: bool) -> str:
+    """BIOS: grub on the disk's boot area."""
     if not real_nodes:
         # grub-install maps /boot to its disk through the kernel's partition
         # nodes; with loop stand-ins it cannot, and the image's own BIOS
@@ -179,6 +174,114 @@ def install_bootloader(guest, disk: str, firmware: str, real_nodes: bool) -> str
         return "BIOS: the image's boot code kept (no kernel partition nodes)"
     guest.run_command(["grub-install", "--target=i386-pc", disk])
     return f"grub-install i386-pc on {disk}"
+
+
+def _esp(guest) -> tuple[str, Filesystem]:
+    """The ESP's mount point in the guest and its filesystem."""
+    for mount in guest.mounts():
+        if mount.mountpoint in ("/boot/efi", "/efi"):
+            fs = next(f for f in guest.filesystems() if f.device == mount.device)
+            return mount.mountpoint, fs
+    raise FixupError(
+        "this machine boots UEFI but the image mounts no EFI system partition "
+        "at /boot/efi or /efi"
+    )
+
+
+def _distributor(guest) -> str:
+    """The EFI directory name grub-install would choose (Debian: debian)."""
+    if guest.is_file("/etc/os-release"):
+        for line in guest.read("/etc/os-release").splitlines():
+            if line.startswith("ID="):
+                return line[3:].strip().strip('"') or "linux"
+    return "linux"
+
+
+def install_uefi_grub(guest, disk: str, events: EventStream) -> str:
+    """grub on the ESP, and this machine's NVRAM entry for it.
+
+    Run before the pipeline, whose UEFI step then copies the loader to the
+    fallback path EFI/BOOT/BOOTX64.EFI (a machine whose NVRAM is reset, or a
+    disk moved to another machine, boots that). The NVRAM entry is made by
+    the live system's efibootmgr, not the image's: a VM image rarely
+    carries efibootmgr, and the image's grub-install would fail without
+    it."""
+    esp, fs = _esp(guest)
+    name = _distributor(guest)
+    guest.run_command(
+        [
+            "grub-install",
+            "--target=x86_64-efi",
+            f"--efi-directory={esp}",
+            f"--bootloader-id={name}",
+            "--no-nvram",
+        ]
+    )
+    loader = f"\\EFI\\{name}\\grubx64.efi"
+    if not guest.is_file(f"{esp}/EFI/{name}/grubx64.efi"):
+        raise FixupError(f"grub-install made no {esp}/EFI/{name}/grubx64.efi")
+    entry = nvram_entry(disk, fs.partition, name, loader, events)
+    return f"grub-install x86_64-efi on {esp} ({loader}); {entry}"
+
+
+def nvram_entry(
+    disk: str, partition: int | None, label: str, loader: str, events: EventStream
+) -> str:
+    """Boot entry ``label`` for ``loader`` on the ESP, first in BootOrder;
+    earlier entries of the same label (a deploy run again) are removed."""
+    if not (SYS / "firmware/efi/efivars").is_dir() or partition is None:
+        events.log(
+            "bootloader: no EFI variables here (or no ESP partition number): "
+            "no NVRAM entry, the fallback path boots",
+            "warning",
+        )
+        return "no NVRAM entry"
+    listing = _efibootmgr()
+    for number, old in _boot_entries(listing):
+        if old == label:
+            _efibootmgr("--bootnum", number, "--delete-bootnum")
+    out = _efibootmgr(
+        "--create",
+        "--disk",
+        disk,
+        "--part",
+        str(partition),
+        "--label",
+        label,
+        "--loader",
+        loader,
+    )
+    created = [n for n, lab in _boot_entries(out) if lab == label]
+    order = next((ln for ln in out.splitlines() if ln.startswith("BootOrder")), "")
+    events.log(
+        f"bootloader: NVRAM Boot{created[0] if created else '?'} {label}; {order}"
+    )
+    return f"NVRAM entry Boot{created[0] if created else '?'} {label!r}"
+
+
+_ENTRY = re.compile(r"^Boot([0-9A-Fa-f]{4})\*?\s+(.*?)(?:\t|\s{2,}|$)")
+
+
+def _boot_entries(listing: str) -> list[tuple[str, str]]:
+    entries = []
+    for line in listing.splitlines():
+        m = _ENTRY.match(line)
+        if m:
+            entries.append((m.group(1), m.group(2).strip()))
+    return entries
+
+
+def _efibootmgr(*args: str) -> str:
+    out = subprocess.run(
+        ["efibootmgr", *args],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        errors="replace",
+    )
+    if out.returncode != 0:
+        raise FixupError(f"efibootmgr {' '.join(args)}: {out.stderr.strip()}")
+    return out.stdout
 
 
 def fix(
@@ -208,6 +311,12 @@ def fix(
             modules=modules,
             pin_nics=bool(nics),
         )
+        if hardware.firmware == "uefi":
+            # Before the pipeline: its UEFI step makes the fallback loader
+            # from the one grub-install puts on the ESP.
+            events.step("bootloader", "uefi")
+            report.bootloader = install_uefi_grub(guest, target, events)
+            events.log(f"bootloader: {report.bootloader}")
         ctx = pipeline.run(guest, request, events)
         if not _has_kernel_nodes(guest) and ctx.info.grub is not None:
             _drop_loopback(guest, ctx.info.grub.config)
@@ -217,11 +326,12 @@ def fix(
             events.log(f"hostname: {report.hostname}")
         for unit in mask_virtual_only(guest):
             events.log(f"agents: masked {unit} (virtual machines only)")
-        events.step("bootloader", hardware.firmware)
-        report.bootloader = install_bootloader(
-            guest, target, hardware.firmware, _has_kernel_nodes(guest)
-        )
-        events.log(f"bootloader: {report.bootloader}")
+        if hardware.firmware != "uefi":
+            events.step("bootloader", hardware.firmware)
+            report.bootloader = install_bootloader(
+                guest, target, _has_kernel_nodes(guest)
+            )
+            events.log(f"bootloader: {report.bootloader}")
     return report
 
 
