@@ -5,6 +5,8 @@ are appended by whoever boots it (docs/unattended.md)."""
 
 from __future__ import annotations
 
+import re
+
 # The serial console last: it becomes /dev/console, where systemd reports
 # the boot, and what a datacenter's serial-over-LAN shows.
 KERNEL_ARGS = "console=tty0 console=ttyS0,115200n8"
@@ -41,11 +43,19 @@ def _entries(path: str, extra: str = "") -> str:
     )
 
 
+def _grub_quoted(words: str) -> str:
+    """Each word that GRUB's script parser would not take as it is (a
+    `{mac}` hostname pattern is a syntax error that loses the whole menu
+    entry) in single quotes, which GRUB removes before the kernel sees it."""
+    plain = re.compile(r"[A-Za-z0-9_.,:=/+@%-]+")
+    return " ".join(w if plain.fullmatch(w) else f"'{w}'" for w in words.split())
+
+
 def iso_grub_cfg(label: str, kernel_keys: str = "") -> str:
     """With `kernel_keys` (ferry.* keys for an unattended run) the first,
     default entry carries them; the plain entries follow."""
     unattended = (
-        _entry("ferry live environment: unattended", "/boot", kernel_keys)
+        _entry("ferry live environment: unattended", "/boot", _grub_quoted(kernel_keys))
         if kernel_keys
         else ""
     )
