@@ -155,8 +155,6 @@ def live_capture(request: LiveRequest, events: EventStream) -> LiveResult:
             limit = WriterLimit(request.writer_cgroup, devnos, base)
             limit.check()
             stack.callback(limit.lift)
-            if request.writer_limit:
-                limit.apply(0)
         # The watchdog starts first: it is ready before anything is frozen.
         guard = stack.enter_context(FreezeGuard(mounts, request.freeze_timeout))
         events.step("track", "block-layer write events of the captured disks")
@@ -178,6 +176,11 @@ def live_capture(request: LiveRequest, events: EventStream) -> LiveResult:
             result.map_freeze_seconds = guard.times.seconds
             events.log(f"mapped frozen in {result.map_freeze_seconds:.3f} s")
         maps = {name: m.map for name, m in first.items()}
+        if limit is not None and request.writer_limit:
+            # from here, while copying: a freeze for the first map would
+            # wait for the writer's throttled writes in flight
+            limit.apply(0)
+            events.log(f"writer limited to {limit.current} B/s")
         client = WireClient(pairing)
         stack.callback(client.close)
 
@@ -274,6 +277,12 @@ class _Rounds:
     def final(self, guard: FreezeGuard, paths, first, clean, result) -> None:
         self.events.step("freeze", ", ".join(guard.mountpoints) or "nothing mounted")
         work = None
+        if self.limit is not None:
+            # A freeze waits for writes in flight and writes back dirty
+            # pages; under io.max the writer's would drain at the limited
+            # rate, and the freeze would last that long.
+            self.limit.lift()
+            self.events.log("writer limit lifted for the freeze")
         guard.freeze()
         try:
             t0 = time.monotonic()
