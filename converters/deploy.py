@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from converters import deploy_fixups, deploy_grow, deploy_uefi_layout
+from converters import deploy_fixups, deploy_grow, deploy_shrink, deploy_uefi_layout
 from converters.deploy_journal import DeployJournal
 from converters.deploy_plan import (
     DeployError,
@@ -106,6 +106,53 @@ def _needs_esp(image, disk, events: EventStream) -> bool:
         raise DeployError(f"{e}: nothing was written") from None
 
 
+def _write_journaled(source, path: str, events, options) -> WriteStats:
+    """write_disk with a journal, so that running it again resumes."""
+    journal = None
+    try:
+        with Target(path) as target:
+            journal = DeployJournal.for_target(
+                path,
+                {
+                    "image": source.identity,
+                    "size": source.size,
+                    "target": path,
+                    "target_size": target.size,
+                },
+            )
+            if journal.resumed_bytes:
+                events.log(
+                    f"{path}: resuming, {journal.resumed_bytes} "
+                    "bytes were written by an earlier run"
+                )
+            stats = write_disk(
+                source, target, events=events, options=options, journal=journal
+            )
+        journal.close(done=True)
+        return stats
+    finally:
+        if journal is not None and not journal.closed:
+            journal.close()
+
+
+def _shrink_plan(image, disk, events: EventStream) -> deploy_shrink.ShrinkPlan:
+    """The shrink of a smaller target, or DeployError before any
+    write (deploy_shrink: ext2/3/4 only, used data must fit)."""
+    source = _open_source(image, disk.image_disk, disk.image_size, events)
+    try:
+        shrink = deploy_shrink.plan(
+            source, disk.image_disk, disk.target.path, disk.target.size
+        )
+    except DeployError as e:
+        raise DeployError(
+            f"{disk.target.name} is smaller than image disk {disk.image_disk} "
+            f"and cannot take it shrunk: {e}: nothing was written"
+        ) from None
+    finally:
+        source.close()
+    return shrink
+
+
 def deploy(
     request: DeployRequest,
     events: EventStream | None = None,
@@ -113,8 +160,16 @@ def deploy(
 ) -> DeployResult:
     events = events or EventStream()
     plan = plan_deploy(request)
+    shrinks = {
+        disk.target.path: _shrink_plan(request.image, disk, events)
+        for disk in plan.disks
+        if disk.smaller
+    }
     for line in plan.summary():
         events.log(line)
+    for shrink in shrinks.values():
+        for line in shrink.lines():
+            events.log(line)
     result = DeployResult(plan)
     hardware = None
     add_esp = False
@@ -131,27 +186,13 @@ def deploy(
             )
         except (SourceError, WireError, OSError) as e:
             raise DeployError(f"cannot read image disk {disk.image_disk}: {e}") from e
-        journal = None
         try:
-            with Target(disk.target.path) as target:
-                journal = DeployJournal.for_target(
-                    disk.target.path,
-                    {
-                        "image": source.identity,
-                        "size": source.size,
-                        "target": disk.target.path,
-                        "target_size": target.size,
-                    },
+            if disk.target.path in shrinks:
+                stats = deploy_shrink.write_shrunk(
+                    source, shrinks[disk.target.path], events=events, options=options
                 )
-                if journal.resumed_bytes:
-                    events.log(
-                        f"{disk.target.path}: resuming, {journal.resumed_bytes} "
-                        "bytes were written by an earlier run"
-                    )
-                stats = write_disk(
-                    source, target, events=events, options=options, journal=journal
-                )
-            journal.close(done=True)
+            else:
+                stats = _write_journaled(source, disk.target.path, events, options)
         except (WireError, OSError) as e:
             raise DeployError(
                 f"writing {disk.target.path} failed: {e}; the disk has no "
@@ -160,8 +201,6 @@ def deploy(
             ) from e
         finally:
             source.close()
-            if journal is not None and not journal.closed:
-                journal.close()
         result.disks.append(stats)
         events.log(
             f"{disk.target.path}: {stats.data_bytes} bytes written as data, "

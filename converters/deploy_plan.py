@@ -51,6 +51,10 @@ class DiskPlan:
     def larger_by(self) -> int:
         return self.target.size - self.image_size
 
+    @property
+    def smaller(self) -> bool:
+        return self.target.size < self.image_size
+
 
 @dataclass(frozen=True)
 class DeployPlan:
@@ -130,11 +134,13 @@ def check(
             problems.append(
                 f"{disk.name} is in use (held by {', '.join(disk.holders)})"
             )
-        if disk.size < need:
+        if disk.size < need and not request.shrink:
+            # With --shrink, whether the used data fits is checked against
+            # the image itself (deploy_shrink.plan), still before writing.
             problems.append(
                 f"{disk.name} is too small for image disk {image_disk}: it holds "
-                f"{disk.size} bytes, the image needs {need}"
-                + (" (shrinking is not supported yet)" if request.shrink else "")
+                f"{disk.size} bytes, the image needs {need} (--shrink allows a "
+                "smaller disk when the used data fits)"
             )
         plans.append(DiskPlan(image_disk, need, disk))
     if problems:
