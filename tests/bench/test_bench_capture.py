@@ -180,17 +180,22 @@ def ferry_row(key: str, env: Env, side: str, host: str) -> Row:
 
 
 def start_serve(
-    procs: Procs, link: Link, side: str, host: str, storage: Path, name: str
+    procs: Procs,
+    link: Link,
+    side: str,
+    host: str,
+    storage: Path,
+    name: str,
+    *,
+    net_only: bool = False,
 ) -> tuple[subprocess.Popen, str]:
     """``ferry serve --no-convert`` on ``side``'s ``host``; returns the
-    process and its pairing string."""
-    listen = f"{host}:{FERRY_PORT}"
+    process and its pairing string. ``net_only``: in the namespace's
+    network only (``Link.enter``), sharing the host's mounts."""
+    argv = [FERRY, "serve", "--storage", storage, "--listen", f"{host}:{FERRY_PORT}"]
+    argv.append("--no-convert")
     serve = procs.start(
-        name,
-        link.exec(
-            side,
-            [FERRY, "serve", "--storage", storage, "--listen", listen, "--no-convert"],
-        ),
+        name, link.enter(side, argv) if net_only else link.exec(side, argv)
     )
     log = procs.log(name)
     wait_for(
