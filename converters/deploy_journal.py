@@ -3,9 +3,10 @@ after it was killed (or crashed) sends only the rest.
 
 One text file per target under ``/run/ferry/deploy``: a JSON header naming
 the image and the target, then one line per chunk written: ``D OFFSET
-LENGTH SHA256`` for data, ``Z OFFSET LENGTH`` for zeroed ranges. Data lines
-keep their digest: a resumed deploy still reads back and checks every
-chunk, old or new, before it writes the partition tables.
+LENGTH ALG:HEX`` for data (deploy_write's checksum), ``Z OFFSET LENGTH``
+for zeroed ranges. Data lines keep their digest: a resumed deploy still
+reads back and checks every chunk, old or new, before it writes the
+partition tables.
 
 /run is the live environment's RAM: the journal outlives the process, not
 a reboot, which is right, since a machine that rebooted may have had its
@@ -28,7 +29,7 @@ class DeployJournal:
     def __init__(self, path: Path, identity: dict) -> None:
         self.path = Path(path)
         self.identity = identity
-        self.data: dict[int, tuple[int, bytes]] = {}  # offset -> (length, digest)
+        self.data: dict[int, tuple[int, str]] = {}  # offset -> (length, digest)
         self.zeroed: dict[int, int] = {}  # offset -> length
         self._lock = threading.Lock()  # workers append from their threads
         self._load()
@@ -58,22 +59,22 @@ class DeployJournal:
         for line in lines[1:]:
             parts = line.split()
             try:
-                if parts[0] == "D" and len(parts) == 4:
-                    self.data[int(parts[1])] = (int(parts[2]), bytes.fromhex(parts[3]))
+                if parts[0] == "D" and len(parts) == 4 and ":" in parts[3]:
+                    self.data[int(parts[1])] = (int(parts[2]), parts[3])
                 elif parts[0] == "Z" and len(parts) == 3:
                     self.zeroed[int(parts[1])] = int(parts[2])
             except (IndexError, ValueError):
                 break  # a torn last line: what came before is good
 
-    def has_data(self, offset: int, length: int) -> bytes | None:
+    def has_data(self, offset: int, length: int) -> str | None:
         found = self.data.get(offset)
         return found[1] if found and found[0] == length else None
 
     def has_zero(self, offset: int, length: int) -> bool:
         return self.zeroed.get(offset) == length
 
-    def wrote(self, offset: int, length: int, digest: bytes) -> None:
-        self._append(f"D {offset} {length} {digest.hex()}\n")
+    def wrote(self, offset: int, length: int, digest: str) -> None:
+        self._append(f"D {offset} {length} {digest}\n")
 
     def zero(self, offset: int, length: int) -> None:
         self._append(f"Z {offset} {length}\n")

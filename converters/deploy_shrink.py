@@ -211,7 +211,10 @@ class _SplitTarget:
     def write(self, offset: int, data, buf) -> None:
         view = memoryview(data)
         for t, at, n, skip in self._parts(offset, len(view)):
-            t.write(at, view[skip : skip + n], buf)
+            # A piece past the start of a view of buf is copied out first:
+            # Target.write copies into buf from its first byte.
+            piece = view[skip : skip + n]
+            t.write(at, piece if skip == 0 else bytes(piece), buf)
 
     def read(self, offset: int, length: int, buf):
         pieces = list(self._parts(offset, length))

@@ -67,13 +67,16 @@ class Target:
 
     def write(self, offset: int, data, buf: mmap.mmap) -> None:
         """``buf``: a page-aligned buffer of at least ``len(data)`` bytes
-        (each worker owns one), for the direct path."""
+        (each worker owns one), for the direct path. ``data`` may be a view
+        of ``buf`` from its first byte (decoded in place), never another
+        slice of it."""
         length = len(data)
         if not (self.direct and self.aligned(offset, length)):
             _pwrite_all(self._buffered, memoryview(data), offset)
             return
         view = memoryview(buf)[:length]
-        view[:] = data
+        if not (isinstance(data, memoryview) and data.obj is buf):
+            view[:] = data  # else: already decoded into the buffer
         _pwrite_all(self._fd, view, offset)
 
     def read(self, offset: int, length: int, buf: mmap.mmap) -> memoryview:

@@ -10,8 +10,9 @@ bootable but is not:
 2. the image's DATA extents outside those areas are read from the source and
    written (a range that reads as zeros is zeroed instead), its ZERO
    extents and the target's space past the image are zeroed;
-3. everything written is read back with direct I/O and its SHA-256 compared
-   with what the source sent;
+3. everything written is read back with direct I/O and its checksum
+   (xxh3-128, sha256 without xxhash) compared with the one the server sent
+   and the client checked on arrival;
 4. only then the image's first and last MiB (MBR/GPT and the GPT backup)
    are written and checked the same way.
 
@@ -22,7 +23,6 @@ image's size, and nothing is staged in RAM or on a disk.
 
 from __future__ import annotations
 
-import hashlib
 import queue
 import threading
 import time
@@ -32,7 +32,7 @@ from converters.deploy_plan import DeployError
 from converters.deploy_target import Target, aligned_buffer
 from converters.events import EventStream, Progress
 from converters.extents import Extent, ExtentKind, ExtentMap
-from converters.wire.protocol import CHUNK_SIZE, is_zero
+from converters.wire.protocol import CHUNK_SIZE, checksum, checksum_algorithm, is_zero
 
 # The partition tables: MBR and the primary GPT in the first MiB (parted and
 # every partitioner since 2010 start the first partition at 1 MiB), the GPT
@@ -69,7 +69,7 @@ class WriteStats:
 class _Written:
     offset: int
     length: int
-    digest: bytes
+    digest: str  # protocol.checksum's ALG:HEX (xxh3-128 where available)
 
 
 class _Progress:
@@ -268,7 +268,11 @@ def _one(source, target, ext: Extent, buf, stats, lock, journal) -> _Written | N
         if journal is not None:
             journal.zero(ext.offset, ext.length)
         return None
-    data = source.read(ext.offset, ext.length)
+    if hasattr(source, "read_into"):
+        data, digest = source.read_into(ext.offset, ext.length, buf)
+    else:
+        data = source.read(ext.offset, ext.length)
+        digest = ""
     if len(data) != ext.length:
         raise DeployError(f"{source.name}: short read at {ext.offset}")
     if is_zero(data):
@@ -279,7 +283,7 @@ def _one(source, target, ext: Extent, buf, stats, lock, journal) -> _Written | N
             journal.zero(ext.offset, ext.length)
         return None
     target.write(ext.offset, data, buf)
-    digest = hashlib.sha256(data).digest()
+    digest = digest or checksum(data)
     with lock:
         stats.data_bytes += ext.length
     if journal is not None:
@@ -293,7 +297,7 @@ def _verify(target: Target, written: list[_Written], stats, options) -> None:
     buf = aligned_buffer(options.chunk_size)
     for w in sorted(written, key=lambda w: w.offset):
         data = target.read(w.offset, w.length, buf)
-        if hashlib.sha256(data).digest() != w.digest:
+        if checksum(data, checksum_algorithm(w.digest)) != w.digest:
             raise DeployError(
                 f"{target.path}: {w.length} bytes at {w.offset} did not read "
                 "back as written (failing disk or cable?); the partition "
