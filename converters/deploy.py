@@ -241,6 +241,7 @@ def deploy(
                 request.hostname,
                 first.image_disk,
                 events,
+                tuple((d.target.path, d.image_disk) for d in plan.disks[1:]),
             )
         except FixupError as e:
             raise DeployError(

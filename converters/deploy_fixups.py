@@ -290,10 +290,15 @@ def fix(
     hostname: str | None,
     image_disk: str,
     events: EventStream,
+    more: tuple[tuple[str, str], ...] = (),
 ) -> FixupReport:
+    """``more``: the other disks, (target path, image disk name) in image
+    order; their filesystems are mounted and named by UUID too."""
     report = FixupReport()
     _reread_partitions(target)
-    with chroot_backend.open_disk(target) as guest:
+    for path, _ in more:
+        _reread_partitions(path)
+    with chroot_backend.open_disk(target, tuple(p for p, _ in more)) as guest:
         names = [name for name, _ in nic_names.configured_names(guest)]
         nics = [_Nic(n, m) for n, m in zip(names, hardware.macs, strict=False)]
         report.pins = [(n.name, n.mac) for n in nics]
@@ -305,7 +310,7 @@ def fix(
         modules = tuple(dict.fromkeys(wanted))
         report.modules = modules
         request = pipeline.Request(
-            source_disks=[SourceDisk(image_disk)],
+            source_disks=[SourceDisk(image_disk)] + [SourceDisk(n) for _, n in more],
             nics=tuple(nics),
             firmware=hardware.firmware,
             modules=modules,
@@ -351,9 +356,12 @@ def _drop_loopback(guest: GuestOS, config: str) -> None:
 
 
 def _has_kernel_nodes(guest) -> bool:
-    """The guest's filesystems are on the kernel's own partition nodes."""
+    """The guest's filesystems are on the kernel's own partition nodes
+    (stand-ins are loop devices; a data disk's whole-disk filesystem, on
+    /dev/sdb, is the kernel's own node too)."""
     return all(
         (SYS / "class/block" / os.path.basename(m.device) / "partition").exists()
+        or not os.path.basename(m.device).startswith("loop")
         for m in guest.mounts()
     )
 

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from converters.fixups import device_names
 from converters.fixups.guest import (
     Filesystem,
     FixupError,
@@ -231,6 +232,10 @@ def _fstab(text: str) -> list[tuple[str, str, str]]:
 
 
 def _resolve(spec: str, fs: list[Filesystem]) -> Filesystem | None:
+    if spec.startswith("/dev/"):
+        # A kernel name the VM used (/dev/sdb1: second disk, partition 1),
+        # as the UUID rewrite will resolve it.
+        spec = device_names.resolve(spec, fs, []) or spec
     key, _, value = spec.partition("=")
     for f in fs:
         if (key == "UUID" and f.uuid == value) or (key == "LABEL" and f.label == value):
@@ -238,26 +243,42 @@ def _resolve(spec: str, fs: list[Filesystem]) -> Filesystem | None:
     return None
 
 
-@contextlib.contextmanager
-def open_disk(disk: str) -> Iterator[Guest]:
-    """The guest on ``disk``, mounted read-write. Leaving the block syncs
-    and unmounts everything, detaching any loop stand-ins."""
-    with contextlib.ExitStack() as stack:
+def _filesystems(disk: str, index: int, stack) -> list[Filesystem]:
+    """What is on the ``index``-th disk of the guest: its partitions, or a
+    filesystem on the whole disk (a data disk without a table)."""
+    try:
         nodes = partitions(disk, stack)
-        fs = []
-        for node in nodes:
-            info = probe(node.device)
-            if info.get("TYPE"):
-                fs.append(
-                    Filesystem(
-                        node.device,
-                        info["TYPE"],
-                        info.get("UUID", ""),
-                        info.get("LABEL", ""),
-                        0,
-                        node.number,
-                    )
+    except FixupError:
+        if index == 0:
+            raise
+        nodes = [PartitionNode(0, disk, 0, 0)]
+    fs = []
+    for node in nodes:
+        info = probe(node.device)
+        if info.get("TYPE"):
+            fs.append(
+                Filesystem(
+                    node.device,
+                    info["TYPE"],
+                    info.get("UUID", ""),
+                    info.get("LABEL", ""),
+                    index,
+                    node.number or None,
                 )
+            )
+    return fs
+
+
+@contextlib.contextmanager
+def open_disk(disk: str, more: tuple[str, ...] = ()) -> Iterator[Guest]:
+    """The guest on ``disk`` (its root) and ``more`` (its other disks, in
+    the image's order: fstab entries on them are mounted and their names
+    resolved like the first disk's), mounted read-write. Leaving the block
+    syncs and unmounts everything, detaching any loop stand-ins."""
+    with contextlib.ExitStack() as stack:
+        fs = []
+        for index, each in enumerate((disk, *more)):
+            fs += _filesystems(each, index, stack)
         _by_uuid_links(stack, fs)
         root = Path(tempfile.mkdtemp(prefix="ferry-chroot-"))
         stack.callback(shutil.rmtree, root, True)
