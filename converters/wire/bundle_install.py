@@ -12,6 +12,7 @@ Prints the path of the installed ``ferry``."""
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import http.client
 import io
@@ -25,6 +26,9 @@ from urllib.parse import parse_qs, urlsplit
 
 ROUTE = "/v1/bundle"  # converters/wire/bundle.py
 DEFAULT_PREFIX = "/opt/ferry"
+# Debian's python3-venv puts ensurepip's wheels here.
+WHEEL_DIR = "/usr/share/python-wheels"
+TUI_ONLY = r"/(textual|rich|pygments|markdown_it|mdit_py_plugins|linkify_it)/"
 
 
 class InstallError(Exception):
@@ -64,18 +68,52 @@ def install(bundle: bytes, prefix: str) -> str:
             # (the safe filter where this Python has it: wheels are plain)
             safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
             tar.extractall(tmp, **safe)
+        # No pip or setuptools in the venv: installing them costs more than
+        # ferry itself on a slow machine; pip runs from the wheel that
+        # python3-venv ships (ensurepip's), installing into the venv.
         subprocess.run(
-            [sys.executable, "-m", "venv", "--system-site-packages", prefix],
-            check=True,
-        )
-        pip = os.path.join(prefix, "bin", "pip")
-        subprocess.run(
-            [pip, "install", "--quiet", "--disable-pip-version-check",
-             "--no-index", "--find-links", tmp, "-r",
-             os.path.join(tmp, "requirements.txt")],
+            [sys.executable, "-m", "venv", "--without-pip",
+             "--system-site-packages", prefix],
             check=True,
         )  # fmt: skip
+        python = os.path.join(prefix, "bin", "python3")
+        subprocess.run(
+            [python, os.path.join(_pip_wheel(), "pip"), "install", "--quiet",
+             "--disable-pip-version-check", "--no-compile", "--no-index",
+             "--find-links", tmp, "-r", os.path.join(tmp, "requirements.txt")],
+            check=True,
+        )  # fmt: skip
+    # Byte-compiled now, not on first import: an import under the freeze
+    # must not write to the frozen root. The TUI's libraries are left out
+    # (the capture never imports them, and they are most of the files).
+    subprocess.run(
+        [python, "-m", "compileall", "-q", "-x", TUI_ONLY, _site_packages(python)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     return os.path.join(prefix, "bin", "ferry")
+
+
+def _pip_wheel() -> str:
+    import ensurepip
+
+    wheels = sorted(glob.glob(os.path.join(WHEEL_DIR, "pip-*.whl")))
+    if not wheels:
+        raise InstallError(
+            f"no pip wheel in {WHEEL_DIR} (python3 {ensurepip.version()}): "
+            "install python3-venv"
+        )
+    return wheels[-1]
+
+
+def _site_packages(python: str) -> str:
+    out = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return out.stdout.strip()
 
 
 def main(argv: list[str]) -> int:
