@@ -1,15 +1,16 @@
 """``make bench``: live capture of a busy disk against a cold capture of the
 same disk (issue 9, item 4), in one table.
 
-The disk is a 2 GiB whole-disk ext4 on a loop device, 600 MB of files,
-mounted. A steady writer writes at 10% of the link rate. The link is the
-capture bench's: two network namespaces joined by a veth pair shaped by
-``tc tbf`` to 1 Gbit/s (netns.py). ``ferry serve`` runs in the receiver's
+The disk is a 2 GiB whole-disk ext4 on a loop device, 840 MB of files
+(written in a mount namespace of their own, see ``fill``). A steady
+writer writes at 10% of the link rate. The link is the capture bench's:
+two network namespaces joined by a veth pair shaped by ``tc tbf`` to
+1 Gbit/s (netns.py). ``ferry serve`` runs in the receiver's
 namespace, ``ferry capture --live`` in the source's, as a user runs it (a
 command, not a call). Reported: rounds, bytes per round, the freeze (the
 writers' downtime), total time, the writer's throughput before and during
-the copy and its longest wait on one write. Then the filesystem is
-unmounted and captured cold over the same link: its downtime is the whole
+the copy and its longest wait on one write. Before it, the same disk,
+unmounted, is captured cold over the same link: its downtime is the whole
 copy (plus two reboots on a real machine).
 
 The capture runs through ``nsenter --net`` rather than ``ip netns exec``:
@@ -22,6 +23,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -41,6 +43,7 @@ MiB = 1 << 20
 WRITER_RATE = RATE_BYTES / 10  # issue 9: a writer at 10% of the link rate
 DISK_SIZE = 2 << 30
 FILES = 150  # of 4 MiB: 600 MB of live data
+WRITER_FILES = 50  # of 4 MiB, rewritten in turn by the writer
 RUN_TIMEOUT = 900
 ROUND = re.compile(
     r"round (\d+): (\d+) bytes sent in ([\d.]+) s, (\d+) bytes written "
@@ -66,7 +69,7 @@ class SteadyWriter(threading.Thread):
         block = os.urandom(64 * 1024)
         total, start, n = 0, time.monotonic(), 0
         while not self.stop.is_set():
-            path = self.mount / f"w-{n % 50}"
+            path = self.mount / f"w-{n % WRITER_FILES}"
             with open(path, "wb") as f:
                 for _ in range(64):  # 4 MiB per file
                     f.write(block)
@@ -109,49 +112,76 @@ def capture(procs, link: Link, name: str, argv: list) -> Capture:
     return Capture(usage.wall, usage.cpu, wire, log)
 
 
+def fill(dev: str, mount: Path) -> None:
+    """The disk's files, written in a mount namespace of their own. A mount
+    in the host's namespace is copied into every namespace made while it
+    exists (another session's ``ip netns exec``, say); on this host's
+    private root its unmount does not reach those copies, the filesystem
+    stays mounted with its journal in use, and a cold capture then has to
+    send it whole ("ext journal needs recovery")."""
+    # The writer's files too, so that both captures see as much data.
+    names = [f"data-{i}" for i in range(FILES)]
+    names += [f"w-{i}" for i in range(WRITER_FILES)]
+    script = (
+        "import os, sys\n"
+        "for path in sys.argv[1:]:\n"
+        f"    open(path, 'wb').write(os.urandom({4 * MiB}))\n"
+    )
+    shell = f'mount {dev} {mount} && "$@"; rc=$?; umount {mount}; exit $rc'
+    subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", shell, "sh"]
+        + [sys.executable, "-c", script, *(str(mount / n) for n in names)],
+        check=True,
+        timeout=600,
+    )
+
+
 def test_bench_live_capture_against_cold_capture(procs, link, bench_dir):
     mount = bench_dir / "mnt"
+    mount.mkdir()
     storage = bench_dir / "storage"
-    with loop_disk(bench_dir / "disk.img", DISK_SIZE, "ext4", mount) as dev:
-        for i in range(FILES):
-            (mount / f"data-{i}").write_bytes(os.urandom(4 * MiB))
-        subprocess.run(["sync"], check=True)
+    with loop_disk(bench_dir / "disk.img", DISK_SIZE, "ext4") as dev:
+        fill(dev, mount)
         link.shape()
-        # net_only: ``ip netns exec`` would give the server a copy of the
-        # host's mounts, the test filesystem's included; on this host's
-        # private root the unmount below does not reach that copy, the
-        # filesystem stays mounted with its journal in use, and the cold
-        # capture has to send it whole ("ext journal needs recovery").
+        # Network only: ``ip netns exec`` would give the server a copy of
+        # the host's mounts (see fill).
         _, pairing = start_serve(
             procs, link, "dst", link.dst_addr, storage, "serve", net_only=True
         )
         disk = Path(dev).name
         common = [FERRY, "capture", "--server", pairing, "--loop", "--disks", disk]
-        writer = SteadyWriter(mount, WRITER_RATE)
-        writer.start()
-        time.sleep(5)
-        copy_start = time.monotonic()
         try:
-            live = capture(
-                procs, link, "capture-live", [*common, "--live", "--name", "live"]
-            )
-        finally:
-            copy_end = time.monotonic()
-            time.sleep(2)
-            writer.stop.set()
-            writer.join()
-        before = writer.rate_between(copy_start - 5, copy_start)
-        during = writer.rate_between(copy_start, copy_end)
-        stall = writer.longest_wait(copy_start, copy_end)
-        # The same before the copy: what the machine's load alone costs.
-        stall_before = writer.longest_wait(copy_start - 5, copy_start)
-        subprocess.run(["umount", str(mount)], check=True)
-        try:
+            # Cold first: the filesystem is mounted nowhere yet.
             cold = capture(procs, link, "capture-cold", [*common, "--name", "cold"])
+            subprocess.run(["mount", dev, str(mount)], check=True)
+            try:
+                writer = SteadyWriter(mount, WRITER_RATE)
+                writer.start()
+                time.sleep(5)
+                copy_start = time.monotonic()
+                try:
+                    live = capture(
+                        procs,
+                        link,
+                        "capture-live",
+                        [*common, "--live", "--name", "live"],
+                    )
+                finally:
+                    copy_end = time.monotonic()
+                    time.sleep(2)
+                    writer.stop.set()
+                    writer.join()
+            finally:
+                subprocess.run(["fsfreeze", "-u", str(mount)], capture_output=True)
+                subprocess.run(["umount", str(mount)], check=False)
         finally:
-            subprocess.run(["mount", dev, str(mount)], check=True)  # for teardown
             procs.stop("serve")
             end_orphans(storage)
+    before = writer.rate_between(copy_start - 5, copy_start)
+    during = writer.rate_between(copy_start, copy_end)
+    stall = writer.longest_wait(copy_start, copy_end)
+    # The same before the copy: what the machine's load alone costs.
+    stall_before = writer.longest_wait(copy_start - 5, copy_start)
     skipped = re.search(r"(\d+) skipped by the map", cold.log)
     assert skipped and int(skipped.group(1)) > 0, (
         "the cold capture's map skipped nothing"
@@ -179,9 +209,11 @@ def test_bench_live_capture_against_cold_capture(procs, link, bench_dir):
             f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}, "
             f"{os.cpu_count()} CPUs shared by both ends.",
             "",
-            f"{DISK_SIZE >> 30} GiB whole-disk ext4, {FILES * 4 * MiB / 1e6:.0f} MB "
-            f"of files, mounted; writer at {WRITER_RATE / 1e6:.1f} MB/s (10% of "
-            f"the link); link: veth between two network namespaces, tc tbf "
+            f"{DISK_SIZE >> 30} GiB whole-disk ext4, "
+            f"{(FILES + WRITER_FILES) * 4 * MiB / 1e6:.0f} MB of files, mounted; "
+            f"writer at {WRITER_RATE / 1e6:.1f} MB/s (10% of the link) rewriting "
+            f"{WRITER_FILES} of them in turn; link: veth between two network "
+            "namespaces, tc tbf "
             f"{RATE} ({RATE_BYTES / 1e6:.0f} MB/s), `ferry capture --live` in "
             "one, `ferry serve` in the other.",
             "",
@@ -194,7 +226,8 @@ def test_bench_live_capture_against_cold_capture(procs, link, bench_dir):
             f"{during / 1e6:.1f} MB/s during it; its longest wait on one write "
             f"during the copy {stall:.3f} s ({stall_before:.3f} s in the 5 s "
             "before it)",
-            f"- cold capture of the same disk (unmounted): {cold.wall:.1f} s, "
+            f"- cold capture of the same disk (before, mounted nowhere): "
+            f"{cold.wall:.1f} s, "
             f"{cold.cpu:.1f} CPU s, {cold.wire / 1e6:.0f} MB on the wire, "
             f"{int(skipped.group(1)) / 1e6:.0f} MB skipped by the map; all of "
             "it downtime (plus two reboots on a real machine)",
