@@ -38,7 +38,12 @@ def register(subparsers) -> None:
     )
     p.add_argument("--hostname", help="host name of the deployed system")
     p.add_argument("--no-grow", action="store_true", help="keep the image's size")
-    p.add_argument("--shrink", action="store_true", help="allow a smaller disk")
+    p.add_argument(
+        "--shrink",
+        action="store_true",
+        help="allow a smaller disk: the last partition's ext2/3/4 is shrunk "
+        "when its used data fits (the plan is printed first)",
+    )
     p.add_argument(
         "--no-fixups",
         action="store_true",
