@@ -57,6 +57,7 @@ class Row:
     cpu: float = 0.0
     load: float = 0.0
     note: str = ""
+    cpu_by: str = ""  # CPU seconds per process name, where the CPU went
 
 
 @dataclass
@@ -101,6 +102,7 @@ def measured(env: Env, key: str, what: str, argv: list, target: Path) -> Row:
     row = Row(key, what, usage.wall, wire)
     row.cpu = usage.cpu + sampler.cpu_besides(usage)
     row.load = os.getloadavg()[0]
+    row.cpu_by = cpu_by_process(sampler, usage)
     if key == "a":
         env.report.rss = max(env.report.rss, usage.maxrss, sampler.peak(usage.pid).hwm)
     if usage.returncode != 0:
@@ -117,6 +119,19 @@ def measured(env: Env, key: str, what: str, argv: list, target: Path) -> Row:
             )
     target.unlink(missing_ok=True)
     return row
+
+
+def cpu_by_process(sampler: Sampler, usage) -> str:
+    """CPU seconds of the row by process name: the measured command's own
+    (from wait4) and every other process's growth while it ran."""
+    by: dict[str, float] = {}
+    skip = sampler.subtree(usage.pid) | {os.getpid()}
+    for pid, peak in sampler.seen.items():
+        if pid not in skip and peak.cpu_used > 0.05:
+            by[peak.comm] = by.get(peak.comm, 0.0) + peak.cpu_used
+    # The measured command apart: ferry deploy and ferry serve share a name.
+    by[f"{sampler.peak(usage.pid).comm} (the measured command)"] = usage.cpu
+    return ", ".join(f"{name} {cpu:.1f}" for name, cpu in sorted(by.items()))
 
 
 def ferry_row(env: Env, pairing: str) -> Row:
@@ -268,6 +283,9 @@ def render(env: Env) -> str:
             f"| {vs_peer} | {vs_d} | {cpu} | {load} |"
         )
     out += ["", *[f"- ({r.key}) {r.note}" for r in rows.values() if r.note]]
+    out += [
+        f"- ({r.key}) CPU s by process: {r.cpu_by}" for r in rows.values() if r.cpu_by
+    ]
     out += ["", "Targets (issue 7):", ""]
     a = rows.get("a")
     if a and peer:
