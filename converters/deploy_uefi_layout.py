@@ -175,6 +175,9 @@ def _mount_in_fstab(target: str, uuid: str, events: EventStream) -> None:
                 "filesystem that is not on its disk"
             )
         guest.mkdir_p("/boot/efi")
-        line = f"UUID={uuid} /boot/efi vfat umask=0077 0 1\n"
+        # nofail: the firmware has already loaded grub from it; only grub
+        # updates need it mounted, so a slow udev (or a lost ESP) must not
+        # hold the boot in emergency mode, as a plain entry does after 90 s.
+        line = f"UUID={uuid} /boot/efi vfat umask=0077,nofail 0 1\n"
         guest.write("/etc/fstab", fstab.rstrip("\n") + "\n" + line)
     events.log(f"uefi layout: /boot/efi added to the image's /etc/fstab ({uuid})")

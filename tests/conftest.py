@@ -26,8 +26,10 @@ MIN_FREE_FOR_MACHINES = 12 << 30
 # A worker holding two tests or fewer takes the next scope, hence the
 # golden-path classes (two tests each) are not next to each other.
 HEAVY_FIRST = [
+    "tests/e2e/test_live_p2v_boots.py",
     "tests/e2e/test_convert_boots.py",
     "tests/e2e/test_golden_path.py::TestGoldenPathFromTheIsoOnSeabios",
+    "tests/e2e/test_deploy_lab.py",
     "tests/e2e/test_import_boots.py",
     "tests/e2e/test_golden_path.py::TestGoldenPathOverPxe",
     "tests/e2e/test_deploy_boots.py",
