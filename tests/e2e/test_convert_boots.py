@@ -8,10 +8,10 @@ negative control:
   the virtual slot's name (ens3) and its network configuration matches
   nothing (addr=none): the pin is what kept ens8.
 
-phys-bios is captured by ferry's own transfer into a real `ferry serve`,
-which converts it when the capture completes; phys-uefi-lvm is captured by
-`qemu-img convert` of its disk (the bytes a wire capture stores) and
-converted by `ferry convert`. Each is converted once per module; each boot uses its own
+Both are captured by ferry's own transfer (a loop device of the machine's
+disk, mapped and sent) into a real `ferry serve`: phys-bios is converted by
+the server when its capture completes, phys-uefi-lvm by `ferry convert
+SESSION` by hand. Each is converted once per module; each boot uses its own
 overlay so boots do not change the converted disk.
 """
 
@@ -23,7 +23,6 @@ from converters.wire import autoconvert
 from tests.e2e.convert_helpers import (
     BOOT_TIMEOUT,
     boot,
-    capture,
     capture_into_serve,
     log_tail,
     run_convert_cli,
@@ -31,12 +30,13 @@ from tests.e2e.convert_helpers import (
 from tests.harness.profiles import PROFILES
 from tests.integration.test_wire_support import Serve
 
-# A conversion is 10-15 min of emulated CPU on a loaded 2-core host, and a
-# module's first test also pays for its fixture's conversion.
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
+# A conversion is 10-15 min of emulated CPU on a loaded 2-core host (35-40
+# min at load 20), and a module's first test also pays for its fixture's
+# conversion and a boot.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(5400)]
 
 OTHER_MAC = "52:54:00:fe:01:99"
-CONVERT_TIMEOUT = 3000
+CONVERT_TIMEOUT = 4000
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +63,19 @@ def bios_converted(machine_builder, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def uefi_converted(machine_builder, tmp_path_factory):
+    """phys-uefi-lvm (GPT: ESP, /boot, an LVM PV holding root and swap)
+    captured by ferry's transfer into `ferry serve --no-convert`, its PV
+    mapped through its LVs' filesystems (no device-mapper needed), then
+    converted by hand with `ferry convert SESSION`."""
     machine = machine_builder("phys-uefi-lvm")
-    session = capture(machine, tmp_path_factory.mktemp("phys-uefi-lvm"))
+    work = tmp_path_factory.mktemp("phys-uefi-lvm")
+    server = Serve(work / "storage", work / "serve.log", convert=False)
+    server.start()
+    try:
+        session = capture_into_serve(machine, server, "phys-uefi-lvm")
+    finally:
+        server.stop()
+        server.end_orphans()
     code, took = run_convert_cli(session)
     assert code == 0, log_tail(session)
     print(f"phys-uefi-lvm converted in {took:.0f} s")
