@@ -77,7 +77,10 @@ class QemuNbd:
             "qemu-nbd",
             "--format=qcow2",
             f"--socket={self.socket_path}",
-            f"--shared={self.connections}",
+            # one more than the clients: the readiness probe below is a
+            # connection too, and a loaded qemu-nbd may not have seen it
+            # close before the clients arrive (it resets the surplus one)
+            f"--shared={self.connections + 1}",
             "--persistent",
             *_cache_options(self.image),
             "--discard=unmap",
