@@ -48,10 +48,10 @@ from tests.integration.test_wire_support import Serve
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.timeout(3600),
-    # Written in session 3 and never seen to the end: at load ~20 the
-    # guest's bundle install alone ran over 15 min of TCG (docs/live-capture.md
-    # "End to end in QEMU"). Unskip once it has passed on a quieter machine.
-    pytest.mark.skip(reason="live P2V e2e not yet seen passing; see docstring"),
+    # Never seen to the end: at load ~20 the guest's bundle install alone
+    # ran over 29 min of TCG (docs/live-capture.md, "End to end in QEMU").
+    # Unskip once it has passed on a quieter machine.
+    pytest.mark.skip(reason="live P2V e2e not yet seen passing (docs/live-capture.md)"),
 ]
 
 # Under TCG the guest's pip, TLS and zstd run emulated; about a GiB in use.
