@@ -25,6 +25,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -236,7 +237,7 @@ def _facts(disk: Path, offset: int, length: int, written: dict) -> dict:
     with loop(disk) as dev:
         emap = map_disk(dev)
         used = list(emap.of_kind(ExtentKind.DATA))
-        zstd1 = _zstd1_size(dev, used)
+        zstd1 = zstd1_size(_used_chunks(dev, used))
     return {
         "size": RECIPE["size"],
         "part_offset": offset,
@@ -248,8 +249,16 @@ def _facts(disk: Path, offset: int, length: int, written: dict) -> dict:
     }
 
 
-def _zstd1_size(dev: str, extents) -> int:
-    """Size of the used bytes after ``zstd -1``: the physical limit's bytes."""
+def _used_chunks(dev: str, extents) -> Iterator[bytes]:
+    with open(dev, "rb", buffering=0) as f:
+        for ext in extents:
+            for pos in range(ext.offset, ext.end, WRITE_STEP):
+                yield os.pread(f.fileno(), min(WRITE_STEP, ext.end - pos), pos)
+
+
+def zstd1_size(chunks: Iterable[bytes]) -> int:
+    """What ``zstd -1`` makes of ``chunks``: the physical limit's bytes,
+    counted with the very tool the limit is defined by."""
     proc = subprocess.Popen(
         ["zstd", "-1", "-q", "-c"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
     )
@@ -262,13 +271,12 @@ def _zstd1_size(dev: str, extents) -> int:
 
     counter = threading.Thread(target=count)
     counter.start()
-    with open(dev, "rb", buffering=0) as f:
-        for ext in extents:
-            for pos in range(ext.offset, ext.end, WRITE_STEP):
-                n = min(WRITE_STEP, ext.end - pos)
-                proc.stdin.write(os.pread(f.fileno(), n, pos))
-    proc.stdin.close()
-    counter.join(timeout=300)
+    try:
+        for chunk in chunks:
+            proc.stdin.write(chunk)
+    finally:
+        proc.stdin.close()
+        counter.join(timeout=600)
     if proc.wait(timeout=60) != 0:
-        raise RuntimeError("zstd -1 failed on the used bytes")
+        raise RuntimeError("zstd -1 failed")
     return size

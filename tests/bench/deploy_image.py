@@ -22,14 +22,14 @@ import random
 import shutil
 import subprocess
 import tempfile
-import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from converters import cache
-from tests.bench.bench_disk import loop
+from tests.bench.bench_disk import loop, zstd1_size
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -173,37 +173,26 @@ def _text(rng: random.Random):
 
 def _allocated_zstd1(raw: Path) -> tuple[int, int]:
     """The raw file's data (SEEK_DATA/SEEK_HOLE) and its size after zstd -1."""
-    proc = subprocess.Popen(
-        ["zstd", "-1", "-q", "-c"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
-    )
-    packed = 0
-
-    def count() -> None:
-        nonlocal packed
-        while chunk := proc.stdout.read(MiB):
-            packed += len(chunk)
-
-    counter = threading.Thread(target=count)
-    counter.start()
     allocated = 0
-    fd = os.open(raw, os.O_RDONLY)
-    try:
-        size, pos = os.fstat(fd).st_size, 0
-        while pos < size:
-            try:
-                start = os.lseek(fd, pos, os.SEEK_DATA)
-            except OSError:
-                break
-            end = os.lseek(fd, start, os.SEEK_HOLE)
-            for at in range(start, end, STEP):
-                data = os.pread(fd, min(STEP, end - at), at)
-                proc.stdin.write(data)
-                allocated += len(data)
-            pos = end
-    finally:
-        os.close(fd)
-    proc.stdin.close()
-    counter.join(timeout=600)
-    if proc.wait(timeout=60) != 0:
-        raise RuntimeError("zstd -1 failed on the allocated bytes")
+
+    def data() -> Iterator[bytes]:
+        nonlocal allocated
+        fd = os.open(raw, os.O_RDONLY)
+        try:
+            size, pos = os.fstat(fd).st_size, 0
+            while pos < size:
+                try:
+                    start = os.lseek(fd, pos, os.SEEK_DATA)
+                except OSError:
+                    break
+                end = os.lseek(fd, start, os.SEEK_HOLE)
+                for at in range(start, end, STEP):
+                    chunk = os.pread(fd, min(STEP, end - at), at)
+                    allocated += len(chunk)
+                    yield chunk
+                pos = end
+        finally:
+            os.close(fd)
+
+    packed = zstd1_size(data())
     return allocated, packed

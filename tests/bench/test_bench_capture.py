@@ -36,7 +36,7 @@ import pytest
 from converters.disk_map import map_disk
 from converters.extents import ExtentKind, ExtentMap
 from tests.bench.bench_disk import SourceDisk
-from tests.bench.conftest import Procs, Sampler, SourceLoops
+from tests.bench.conftest import Procs, Sampler, SourceLoops, keep_fastest, verdict
 from tests.bench.netns import BURST, LATENCY, RATE, RATE_BYTES, Link, Ssh, run, wait_for
 
 pytestmark = [pytest.mark.bench, pytest.mark.timeout(5400)]
@@ -391,15 +391,6 @@ def test_capture_bench(source_loops, procs, link, bench_dir):
 
 
 # --- the tables ------------------------------------------------------------
-
-
-def keep_fastest(table: dict[str, Row], row: Row) -> None:
-    if row.key not in table or row.wall < table[row.key].wall:
-        table[row.key] = row
-
-
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "MISS"
 
 
 def render(env: Env) -> str:

@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 
 from tests.bench.bench_disk import loop
-from tests.bench.conftest import Procs, Sampler
+from tests.bench.conftest import Procs, Sampler, keep_fastest, verdict
 from tests.bench.deploy_image import DeployImage, deploy_image
 from tests.bench.netns import BURST, LATENCY, RATE, RATE_BYTES, Link, run, wait_for
 
@@ -236,15 +236,6 @@ def test_deploy_bench(procs, link, bench_dir):
         REPORT.parent.mkdir(parents=True, exist_ok=True)
         REPORT.write_text(text)
     assert not env.report.failures, "\n\n".join(env.report.failures)
-
-
-def keep_fastest(table: dict[str, Row], row: Row) -> None:
-    if row.key not in table or row.wall < table[row.key].wall:
-        table[row.key] = row
-
-
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "MISS"
 
 
 def render(env: Env) -> str:
