@@ -32,7 +32,7 @@ import pytest
 
 from converters import accel
 from tests.bench.conftest import Procs
-from tests.e2e.convert_helpers import capture_into_serve, log_tail
+from tests.e2e.convert_helpers import captured_unconverted, log_tail
 from tests.harness.profiles import PROFILES
 from tests.harness.qemu_runner import (
     DEFAULT_MAC,
@@ -41,7 +41,6 @@ from tests.harness.qemu_runner import (
     QemuMachine,
     overlay,
 )
-from tests.integration.test_wire_support import Serve
 
 pytestmark = [pytest.mark.bench, pytest.mark.timeout(7200)]
 
@@ -126,13 +125,7 @@ def boot_row(row: Row, disk: Path, workdir: Path) -> Row:
 def test_bench_convert_ferry_against_virt_v2v(machine_builder, bench_dir, procs: Procs):
     machine = machine_builder("phys-bios")
     source_nic = machine.recipe.nic
-    server = Serve(bench_dir / "storage", bench_dir / "serve.log", convert=False)
-    server.start()
-    try:
-        captured = capture_into_serve(machine, server, "phys-bios")
-    finally:
-        server.stop()
-        server.end_orphans()
+    captured = captured_unconverted(machine, bench_dir, "phys-bios")
 
     # ferry
     ferry_session = copy_capture(captured, bench_dir / "ferry")

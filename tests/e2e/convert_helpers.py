@@ -50,6 +50,19 @@ def capture_into_serve(machine, server: Serve, session: str) -> Path:
     return server.storage / session
 
 
+def captured_unconverted(machine, folder: Path, session: str) -> Path:
+    """The machine captured by ferry's transfer into a `ferry serve
+    --no-convert` that is stopped again: the session as a capture leaves it,
+    for a conversion by hand (or none)."""
+    server = Serve(folder / "storage", folder / "serve.log", convert=False)
+    server.start()
+    try:
+        return capture_into_serve(machine, server, session)
+    finally:
+        server.stop()
+        server.end_orphans()
+
+
 def run_convert_cli(session: Path, *extra: str) -> tuple[int, float]:
     """`ferry convert SESSION` through the command module's own parser."""
     parser = argparse.ArgumentParser(prog="ferry")

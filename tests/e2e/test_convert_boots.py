@@ -24,6 +24,7 @@ from tests.e2e.convert_helpers import (
     BOOT_TIMEOUT,
     boot,
     capture_into_serve,
+    captured_unconverted,
     log_tail,
     run_convert_cli,
 )
@@ -69,13 +70,7 @@ def uefi_converted(machine_builder, tmp_path_factory):
     converted by hand with `ferry convert SESSION`."""
     machine = machine_builder("phys-uefi-lvm")
     work = tmp_path_factory.mktemp("phys-uefi-lvm")
-    server = Serve(work / "storage", work / "serve.log", convert=False)
-    server.start()
-    try:
-        session = capture_into_serve(machine, server, "phys-uefi-lvm")
-    finally:
-        server.stop()
-        server.end_orphans()
+    session = captured_unconverted(machine, work, "phys-uefi-lvm")
     code, took = run_convert_cli(session)
     assert code == 0, log_tail(session)
     print(f"phys-uefi-lvm converted in {took:.0f} s")

@@ -14,9 +14,8 @@ import pytest
 from converters import convert
 from converters.events import EventStream
 from converters.fixups import pipeline
-from tests.e2e.convert_helpers import BOOT_TIMEOUT, boot, capture_into_serve
+from tests.e2e.convert_helpers import BOOT_TIMEOUT, boot, captured_unconverted
 from tests.harness.profiles import PROFILES
-from tests.integration.test_wire_support import Serve
 
 # A conversion is 10-15 min of emulated CPU on a loaded 2-core host (35-40
 # min at load 20), and a module's first test also pays for its fixture's
@@ -57,13 +56,7 @@ def sha256(path) -> str:
 
 def test_failed_conversion_leaves_capture_byte_identical(machine_builder, workdir):
     machine = machine_builder("phys-bios")
-    server = Serve(workdir / "storage", workdir / "serve.log", convert=False)
-    server.start()
-    try:
-        session = capture_into_serve(machine, server, "phys-bios")
-    finally:
-        server.stop()
-        server.end_orphans()
+    session = captured_unconverted(machine, workdir, "phys-bios")
     disk = session / "sda.qcow2"
     before = sha256(disk)
     # The unconverted capture, behind its own overlay, boots on virtio while
