@@ -116,6 +116,20 @@ def read_partition_table(path: str | os.PathLike) -> PartitionTable:
 
     try:
         device = parted.getDevice(os.fspath(path))
+    except Exception as e:  # _ped raises a handful of unrelated exception types
+        raise PartitionTableError(f"{path}: {type(e).__name__}: {e}") from e
+    # libparted keeps every device it opened in a cache by path, with the
+    # size it saw then. A loop device reattached to a bigger disk would be
+    # read with the old size, and parted crashes on the GPT it then finds
+    # past that end: the entry goes as soon as this read is done.
+    try:
+        return _read_table(parted, device, path)
+    finally:
+        device.removeFromCache()
+
+
+def _read_table(parted, device, path) -> PartitionTable:
+    try:
         disk = parted.newDisk(device)
     except Exception as e:  # _ped raises a handful of unrelated exception types
         raise PartitionTableError(f"{path}: {type(e).__name__}: {e}") from e
