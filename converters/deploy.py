@@ -207,7 +207,22 @@ def deploy(
             f"{stats.zeroed_bytes + stats.zero_detected} zeroed, "
             f"{stats.verified_bytes} verified by read-back, in {stats.seconds:.1f} s"
         )
-        if add_esp and disk is plan.disks[0]:
+        gets_esp = add_esp and disk is plan.disks[0]
+        # A new ESP takes the end of the disk: the last partition grows up
+        # to where it will start.
+        keep_free = deploy_uefi_layout.ROOM if gets_esp else 0
+        if disk.larger_by - keep_free >= deploy_grow.MIN_GROWTH and request.grow:
+            events.step("grow", f"{disk.target.path}: last partition to the end")
+            try:
+                grown = deploy_grow.grow(disk.target.path, events, keep_free)
+            except (deploy_grow.GrowError, FixupError) as e:
+                raise DeployError(
+                    f"{disk.target.path} was written and verified, but growing "
+                    f"its last partition failed: {e}"
+                ) from e
+            if grown:
+                result.grown.append(grown)
+        if gets_esp:
             events.step(
                 "uefi layout", f"{disk.target.path}: GPT + EFI system partition"
             )
@@ -218,19 +233,6 @@ def deploy(
                     f"{disk.target.path} was written and verified, but giving it "
                     f"an EFI system partition failed: {e}"
                 ) from e
-            # The ESP now ends the disk: the root partition stays as written.
-            events.log(f"grow: {disk.target.path} not grown (the ESP is last)")
-        elif disk.larger_by >= deploy_grow.MIN_GROWTH and request.grow:
-            events.step("grow", f"{disk.target.path}: last partition to the end")
-            try:
-                grown = deploy_grow.grow(disk.target.path, events)
-            except (deploy_grow.GrowError, FixupError) as e:
-                raise DeployError(
-                    f"{disk.target.path} was written and verified, but growing "
-                    f"its last partition failed: {e}"
-                ) from e
-            if grown:
-                result.grown.append(grown)
     if request.fixups and plan.disks:
         first = plan.disks[0]
         events.step("fixups", f"{first.target.path} for this machine")

@@ -66,8 +66,9 @@ def _table(target: str) -> dict:
     return json.loads(_run("sfdisk", "--json", target))["partitiontable"]
 
 
-def grow(target: str, events: EventStream) -> GrowReport | None:
-    """Grow the last partition of ``target`` and its filesystem; None when
+def grow(target: str, events: EventStream, keep_free: int = 0) -> GrowReport | None:
+    """Grow the last partition of ``target`` and its filesystem, leaving
+    ``keep_free`` bytes at the disk's end (for an ESP added next); None when
     there is nothing to do or it cannot be done (said in the events)."""
     try:
         table = _table(target)
@@ -105,7 +106,7 @@ def grow(target: str, events: EventStream) -> GrowReport | None:
     old = int(last["size"]) * sector
     _run(
         "sfdisk", "--no-reread", "--no-tell-kernel", "-N", str(number), target,
-        input=", +\n",
+        input=f", {_new_size(target, last, sector, keep_free)}\n",
     )  # fmt: skip
     subprocess.run(["blockdev", "--rereadpt", target], capture_output=True)
     new = (
@@ -130,6 +131,17 @@ def grow(target: str, events: EventStream) -> GrowReport | None:
         _grow_filesystem(device, fstype)
     events.log(f"grow: partition {number} ({fstype}) {old} -> {new} bytes")
     return GrowReport(number, fstype, old, new)
+
+
+def _new_size(target: str, last: dict, sector: int, keep_free: int) -> str:
+    """sfdisk's size field: "+" (to the end), or the sectors that end the
+    partition on a MiB boundary ``keep_free`` bytes before the disk's end."""
+    if not keep_free:
+        return "+"
+    disk = int(_run("blockdev", "--getsize64", target))
+    align = (1 << 20) // sector
+    end = (disk - keep_free) // sector // align * align
+    return str(max(end - int(last["start"]), int(last["size"])))
 
 
 def _lvm(command: str, pv: str, *args: str) -> str:

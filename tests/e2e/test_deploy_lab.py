@@ -218,7 +218,7 @@ def test_on_physical_bios_the_root_filesystem_fills_the_larger_disk(lab):
     assert re.search(r"grow: partition 1 \(ext4\) \d+ -> \d+ bytes", m.console)
 
 
-def test_on_physical_uefi_the_bios_image_gets_gpt_an_esp_grub_and_nvram(lab):
+def test_on_physical_uefi_a_bios_image_gets_gpt_grown_root_esp_grub_nvram(lab):
     _, machines, _ = lab
     m = machines["physical-uefi"]
     table = _table(m.disk)
@@ -228,6 +228,10 @@ def test_on_physical_uefi_the_bios_image_gets_gpt_an_esp_grub_and_nvram(lab):
     assert esp["type"] == ESP_TYPE
     esp_start = int(esp["start"]) * 512
     assert TARGET_SIZE - esp_start - int(esp["size"]) * 512 < MiB
+    # root grew up to the ESP, and its ext4 with it
+    root_end = (int(root["start"]) + int(root["size"])) * 512
+    assert esp_start - root_end <= 2 * MiB
+    assert int(root["size"]) * 512 - ext4_bytes(m.disk, 2048 * 512) < 4 * MiB
     assert "GRUBX64.EFI" in esp_files(m.disk, esp_start, "EFI/debian")
     assert "BOOTX64.EFI" in esp_files(m.disk, esp_start, "EFI/BOOT")
     assert re.search(r"bootloader: NVRAM Boot[0-9A-F]{4} debian", m.console)

@@ -1,7 +1,8 @@
 """A BIOS (MBR) image for a UEFI machine: after the write, its table becomes
 a GPT with every partition where it was, an EFI system partition with FAT32
-ends the disk, and the image's fstab mounts it at /boot/efi; a target with
-no room for it is refused before the write. Real sgdisk, mkfs.vfat and loop
+ends the disk, and the image's fstab mounts it at /boot/efi; on a larger
+target the root partition first grows up to where the ESP will start; a
+target with no room for it is refused before the write. Real sgdisk, mkfs.vfat and loop
 devices; the UEFI boot itself is tests/e2e/test_deploy_lab.py."""
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from converters import deploy_uefi_layout
+from converters import deploy_grow, deploy_uefi_layout
 from converters.deploy_uefi_layout import ESP_SIZE, ESP_TYPE, ROOM, LayoutError
 from converters.events import EventStream
 from tests.integration.test_capture import loop_device
-from tests.integration.test_deploy_write import partitioned_image
+from tests.integration.test_deploy_write import ext4_size, partitioned_image
 
 MiB = 1 << 20
 IMAGE = 64 * MiB
@@ -103,3 +104,35 @@ def test_mbr_becomes_gpt_with_partitions_kept_and_an_esp_at_the_end(tmp_path):
     assert fstab.startswith(FSTAB)
     assert f"UUID={report.uuid} /boot/efi vfat" in fstab
     assert "boot" in _debugfs(target, MiB, "ls -l /")
+
+
+def test_on_a_larger_disk_root_grows_up_to_the_esp_it_leaves_room_for(tmp_path):
+    image = bios_image(tmp_path)
+    target = tmp_path / "target.raw"
+    size = IMAGE + ROOM + 96 * MiB
+    subprocess.run(["truncate", "-s", str(size), str(target)], check=True)
+    subprocess.run(
+        ["dd", f"if={image}", f"of={target}", "conv=notrunc,sparse", "bs=1M"],
+        check=True,
+        capture_output=True,
+    )
+    events = EventStream()
+    with loop_device(target, read_only=False) as dev:
+        grown = deploy_grow.grow(dev, events, keep_free=ROOM)
+        report = deploy_uefi_layout.add_esp(dev, events)
+        fs_after = ext4_size(dev, MiB)
+    root, esp = _table(target)["partitions"]
+    root_end = (int(root["start"]) + int(root["size"])) * 512
+    # root took the new space but the ESP's: it ends where the ESP begins,
+    # give or take sgdisk's MiB alignment of the ESP's start
+    assert grown and grown.new_size > grown.old_size + 90 * MiB
+    assert report.start - 2 * MiB <= root_end <= report.start
+    assert root_end - MiB - 4096 < fs_after <= root_end - MiB
+    assert report.size >= ESP_SIZE and esp["type"] == ESP_TYPE
+    fsck = subprocess.run(
+        ["e2fsck", "-fn", f"{target}?offset={MiB}"], capture_output=True, text=True
+    )
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    assert f"UUID={report.uuid} /boot/efi vfat" in _debugfs(
+        target, MiB, "cat etc/fstab"
+    )
