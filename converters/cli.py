@@ -35,8 +35,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ferry {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    missing = []
     for name in COMMAND_MODULES:
-        importlib.import_module(name).register(subparsers)
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            # A binding only one command needs (python3-libvirt for migrate)
+            # may be absent, e.g. on a server ferry captures live; a missing
+            # part of ferry itself is a bug.
+            if not e.name or e.name.split(".")[0] in ("converters", "tui"):
+                raise
+            missing.append(f"{name.rsplit('.', 1)[-1]} needs {e.name}")
+            continue
+        module.register(subparsers)
+    if missing:
+        parser.epilog = "Not available here: " + "; ".join(missing) + "."
     return parser
 
 
