@@ -81,10 +81,10 @@ CHECKS = [
     Check("parted", OK, "parted 3.6"),
     Check("pyudev", OK, "pyudev 0.24.0"),
     Check(
-        "blktrace",
+        "tracefs",
         WARN,
-        "debugfs not mounted",
-        "mount -t debugfs none /sys/kernel/debug",
+        "not mounted at /sys/kernel/tracing; live capture will mount it",
+        "mount -t tracefs nodev /sys/kernel/tracing",
     ),
 ]
 METHODS = {"eno1": {"10.0.0.15/24": "DHCP"}}
