@@ -12,8 +12,12 @@ lasted ``timeout`` seconds. Replies come back in order, so when ferry reads
 before asking happened while frozen; "timeout" means they may not have.
 
 Protocol on the watchdog's stdin/stdout, one line each:
-``freeze`` -> ``frozen`` | ``error MESSAGE``; ``thaw`` -> ``thawed`` |
-``timeout``. The watchdog says ``ready`` once it runs.
+``freeze`` -> ``frozen T`` | ``error MESSAGE``; ``thaw`` -> ``thawed T`` |
+``timeout T``. The watchdog says ``ready`` once it runs. The T are its
+CLOCK_MONOTONIC (the same clock as ferry's ``time.monotonic``) just before
+the first FIFREEZE and just after the last FITHAW: writers wait from the
+moment FIFREEZE is called (it blocks new writes, then writes back the dirty
+pages), so that is when the write downtime starts, not when it returns.
 
 FIFREEZE/FITHAW are the ioctls fsfreeze(8) uses; calling them here avoids
 starting a program while a filesystem that holds it may be frozen.
@@ -90,10 +94,11 @@ class FreezeGuard:
     def freeze(self) -> None:
         self._send("freeze")
         reply = self._reply()
-        if reply != "frozen":
+        word, _, at = reply.partition(" ")
+        if word != "frozen":
             raise FreezeError(reply.removeprefix("error ").strip() or "watchdog died")
         self.frozen = True
-        self.times.frozen_at = time.monotonic()
+        self.times.frozen_at = float(at)
 
     def thaw(self) -> None:
         """Ends the freeze; raises FreezeExpired if the watchdog had already
@@ -102,9 +107,10 @@ class FreezeGuard:
             return
         self._send("thaw")
         reply = self._reply()
-        self.times.thawed_at = time.monotonic()
+        word, _, at = reply.partition(" ")
+        self.times.thawed_at = float(at) if at else time.monotonic()
         self.frozen = False
-        if reply != "thawed":
+        if word != "thawed":
             raise FreezeExpired(
                 f"the freeze ended before the final round did ({reply or 'no reply'})"
             )
@@ -153,13 +159,15 @@ def _ioctl(path: str, request: int) -> None:
         os.close(fd)
 
 
-def _thaw_all(frozen: list[str]) -> None:
+def _thaw_all(frozen: list[str]) -> float:
+    """Thaws; the time after the last FITHAW."""
     while frozen:
         path = frozen.pop()
         try:
             _ioctl(path, FITHAW)
         except OSError:
             pass  # EINVAL: not frozen (someone thawed it by hand)
+    return time.monotonic()
 
 
 def watchdog(timeout: float, mountpoints: list[str]) -> int:
@@ -191,11 +199,12 @@ def _serve(timeout: float, mountpoints: list[str], frozen: list[str]) -> int:
     say("ready")
     deadline = None
     expired = False
+    thawed_at = 0.0
     while True:
         wait = None if deadline is None else max(0.0, deadline - time.monotonic())
         ready, _, _ = select.select([inp], [], [], wait)
         if not ready:  # the freeze lasted `timeout`: end it, say so later
-            _thaw_all(frozen)
+            thawed_at = _thaw_all(frozen)
             deadline, expired = None, True
             continue
         chunk = os.read(inp, 4096)
@@ -203,6 +212,7 @@ def _serve(timeout: float, mountpoints: list[str], frozen: list[str]) -> int:
             return 0
         for command in chunk.decode().split():
             if command == "freeze":
+                started = time.monotonic()
                 try:
                     for path in mountpoints:
                         _ioctl(path, FIFREEZE)
@@ -212,11 +222,12 @@ def _serve(timeout: float, mountpoints: list[str], frozen: list[str]) -> int:
                     say(f"error cannot freeze {path}: {e.strerror}")
                 else:
                     deadline, expired = time.monotonic() + timeout, False
-                    say("frozen")
+                    say(f"frozen {started!r}")
             elif command == "thaw":
-                _thaw_all(frozen)
+                if not expired:
+                    thawed_at = _thaw_all(frozen)
                 deadline = None
-                say("timeout" if expired else "thawed")
+                say(f"{'timeout' if expired else 'thawed'} {thawed_at!r}")
 
 
 if __name__ == "__main__":

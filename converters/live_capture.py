@@ -34,7 +34,7 @@ from converters.events import Event, EventStream
 from converters.extents import ExtentKind, ExtentMap
 from converters.fsfreeze import DEFAULT_TIMEOUT, FreezeGuard
 from converters.live_capture_limit import WriterLimit
-from converters.live_capture_map import frozen_first, frozen_map, live_map
+from converters.live_capture_map import LiveMap, frozen_first, frozen_map, live_map
 from converters.live_capture_send import (
     MAX_SNAPSHOT,
     RoundSender,
@@ -120,6 +120,15 @@ def sendable(emap: ExtentMap) -> RangeSet:
     return out
 
 
+def layout(m: LiveMap) -> str:
+    """Each partition (or the whole disk) and how its used blocks were found."""
+    return "; ".join(
+        f"{r.what} {r.fs_type or '-'} by {r.method}"
+        + (f" ({r.reason})" if r.reason else "")
+        for r in m.report.regions
+    )
+
+
 def minus(ranges: RangeSet, other: RangeSet) -> RangeSet:
     out = ranges.copy()
     for start, end in other:
@@ -164,6 +173,8 @@ def live_capture(request: LiveRequest, events: EventStream) -> LiveResult:
         # round 1; left in the page cache it would wait for the freeze.
         sync_filesystems(mounts)
         first = {name: live_map(path) for name, path in paths.items()}
+        for name, m in first.items():
+            events.log(f"{name} mapped: {layout(m)}")
         if any(m.unmapped for m in first.values()):
             # partclone cannot read a busy ext4 ("Couldn't find valid
             # filesystem bitmap": the bitmaps on disk lag the journal):

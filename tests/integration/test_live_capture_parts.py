@@ -140,6 +140,26 @@ def test_freeze_blocks_writers_until_thaw(mounted):
     assert all(write_with_timeout(m, 5) for m in mounted)
 
 
+def test_freeze_time_starts_before_fifreeze_writes_back_and_ends_after_thaw(
+    mounted,
+):
+    # Dirty pages that FIFREEZE must write back before it returns: writers
+    # already wait during that, so the reported freeze includes it.
+    with open(os.path.join(mounted[1], "dirty"), "wb") as f:
+        f.write(os.urandom(96 * MiB))
+    with FreezeGuard(mounted) as guard:
+        asked = time.monotonic()
+        guard.freeze()
+        returned = time.monotonic()
+        guard.thaw()
+        thawed = time.monotonic()
+    frozen_at, thawed_at = guard.times.frozen_at, guard.times.thawed_at
+    print(f"FIFREEZE with 96 MiB dirty: {returned - frozen_at:.3f} s")
+    assert asked < frozen_at < returned - 0.005
+    assert returned < thawed_at < thawed
+    assert guard.times.seconds > returned - frozen_at
+
+
 def test_freeze_ends_at_the_watchdog_timeout_and_says_so(mounted):
     with FreezeGuard(mounted, timeout=1.0) as guard:
         guard.freeze()
