@@ -34,6 +34,7 @@ import sys
 import time
 from dataclasses import dataclass
 
+PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIFREEZE = 0xC0045877  # _IOWR('X', 119, int), linux/fs.h
 FITHAW = 0xC0045878  # _IOWR('X', 120, int)
 # A freeze the watchdog ends on its own: long enough for the final round of
@@ -88,6 +89,9 @@ class FreezeGuard:
             bufsize=1,
             start_new_session=True,
             env=env,
+            # `-m` puts the working directory first on sys.path: run where
+            # this ferry's own package is, never another checkout's
+            cwd=PACKAGE_ROOT,
         )
         self._expect("ready")
 
