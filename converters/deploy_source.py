@@ -153,8 +153,20 @@ class ServerDisk:
             "Accept-Encoding": "zstd",
         }
 
+        def body_buffer(reply_headers, body_length: int):
+            # A raw body lands in place; a zstd frame in this thread's own
+            # buffer, decoded from there into ``buf``.
+            if reply_headers.get("Content-Encoding", "identity") == "identity":
+                return buf if body_length <= len(buf) else bytearray(body_length)
+            frame = getattr(self._local, "frame", None)
+            if frame is None or len(frame) < body_length:
+                frame = self._local.frame = bytearray(
+                    max(body_length, protocol.MAX_CHUNK + protocol.BODY_SLACK)
+                )
+            return frame
+
         def fetch(client: WireClient):
-            reply = client.request("GET", path, None, headers)
+            reply = client.request("GET", path, None, headers, into=body_buffer)
             encoding = reply.headers.get("Content-Encoding", "identity")
             data = protocol.decode(reply.data, encoding, length, out=buf)
             expected = reply.headers.get(protocol.CHECKSUM_HEADER, "")

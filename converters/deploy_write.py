@@ -9,16 +9,18 @@ bootable but is not:
    tables and their GPT backups go before anything else is touched);
 2. the image's DATA extents outside those areas are read from the source and
    written (a range that reads as zeros is zeroed instead), its ZERO
-   extents and the target's space past the image are zeroed;
-3. everything written is read back with direct I/O and its checksum
-   (xxh3-128, sha256 without xxhash) compared with the one the server sent
-   and the client checked on arrival;
-4. only then the image's first and last MiB (MBR/GPT and the GPT backup)
-   are written and checked the same way.
+   extents and the target's space past the image are zeroed; each chunk
+   written is read back with direct I/O right away, by the worker that
+   wrote it while the others fetch theirs, and its checksum (xxh3-128,
+   sha256 without xxhash) compared with the one the server sent and the
+   client checked on arrival; a chunk is journaled only once it passed;
+3. only when every chunk passed, the image's first and last MiB (MBR/GPT
+   and the GPT backup) are written and checked the same way.
 
-A few workers each own one page-aligned 8 MiB buffer and a source
-connection: memory stays under ``workers * 2 * CHUNK_SIZE`` whatever the
-image's size, and nothing is staged in RAM or on a disk.
+A few workers each own two page-aligned 8 MiB buffers (the chunk, its
+read-back) and a source connection with its buffer for compressed bodies:
+memory stays under ``workers * 3 * CHUNK_SIZE`` whatever the image's size,
+and nothing is staged in RAM or on a disk.
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ class _Written:
     offset: int
     length: int
     digest: str  # protocol.checksum's ALG:HEX (xxh3-128 where available)
+    resumed: bool = False  # written by an earlier run (its journal says)
 
 
 class _Progress:
@@ -134,23 +137,21 @@ def write_disk(
         target.zero(offset, length)
     target.flush()
 
-    events.step("write", f"{source.name} -> {target.path}")
-    written = _pump(source, target, body, stats, progress, options, journal)
+    what = f"{source.name} -> {target.path}"
+    if options.verify:
+        what += ", each chunk read back and checked as it is written"
+    events.step("write", what)
+    _pump(source, target, body, stats, progress, options, journal)
     if target.size > size:
         # Stale data past the image must not be readable by a grown
         # filesystem, nor an old GPT backup found by a partitioner.
         target.zero(size, target.size - size)
         stats.zeroed_bytes += target.size - size
     target.flush()
-    if options.verify:
-        events.step("verify", f"{target.path}: reading back what was written")
-        _verify(target, written, stats, options)
 
     events.step("partition table", f"{source.name} -> {target.path}")
-    last = _pump(source, target, tables, stats, progress, options)
+    _pump(source, target, tables, stats, progress, options)
     target.flush()
-    if options.verify:
-        _verify(target, last, stats, options)
     progress.add(0, force=True)
     stats.link_failures = getattr(source, "link_failures", 0)
     stats.seconds = time.monotonic() - started
@@ -180,17 +181,19 @@ def _complement(ranges: list[tuple[int, int]], size: int) -> list[tuple[int, int
 
 def _pump(
     source, target, emap: ExtentMap, stats, progress, options, journal=None
-) -> list:
-    """Writes the DATA and ZERO extents of ``emap`` (SKIP is left alone);
-    returns what was written as data, with its digests."""
+) -> None:
+    """Writes the DATA and ZERO extents of ``emap`` (SKIP is left alone),
+    each DATA chunk checked by reading it back (``options.verify``)."""
     items: queue.Queue = queue.Queue(maxsize=options.workers * 2)
-    written: list[_Written] = []
     failures: list[BaseException] = []
     stop = threading.Event()
     lock = threading.Lock()
 
     def work() -> None:
         buf = aligned_buffer(options.chunk_size)
+        # Read-back lands apart from what was written: a device that
+        # returned nothing could not pass for one that returned the data.
+        back = aligned_buffer(options.chunk_size) if options.verify else None
         try:
             while True:
                 ext = items.get()
@@ -198,8 +201,10 @@ def _pump(
                     return
                 done = _one(source, target, ext, buf, stats, lock, journal)
                 if done is not None:
-                    with lock:
-                        written.append(done)
+                    if back is not None:
+                        _verify_one(target, done, back, stats, lock)
+                    if journal is not None and not done.resumed:
+                        journal.wrote(done.offset, done.length, done.digest)
                 if ext.kind is ExtentKind.DATA:
                     progress.add(ext.length)
         except BaseException as e:
@@ -235,7 +240,6 @@ def _pump(
             t.join()
     if failures:
         raise failures[0]
-    return written
 
 
 def _drain(items: queue.Queue) -> None:
@@ -260,7 +264,7 @@ def _one(source, target, ext: Extent, buf, stats, lock, journal) -> _Written | N
         if digest is not None or journal.has_zero(ext.offset, ext.length):
             with lock:
                 stats.resumed_bytes += ext.length
-            return _Written(ext.offset, ext.length, digest) if digest else None
+            return _Written(ext.offset, ext.length, digest, True) if digest else None
     if ext.kind is ExtentKind.ZERO:
         target.zero(ext.offset, ext.length)
         with lock:
@@ -286,21 +290,19 @@ def _one(source, target, ext: Extent, buf, stats, lock, journal) -> _Written | N
     digest = digest or checksum(data)
     with lock:
         stats.data_bytes += ext.length
-    if journal is not None:
-        journal.wrote(ext.offset, ext.length, digest)
     return _Written(ext.offset, ext.length, digest)
 
 
-def _verify(target: Target, written: list[_Written], stats, options) -> None:
-    # The buffer is freed with its last view (an mmap with views cannot
-    # be closed explicitly).
-    buf = aligned_buffer(options.chunk_size)
-    for w in sorted(written, key=lambda w: w.offset):
-        data = target.read(w.offset, w.length, buf)
-        if checksum(data, checksum_algorithm(w.digest)) != w.digest:
-            raise DeployError(
-                f"{target.path}: {w.length} bytes at {w.offset} did not read "
-                "back as written (failing disk or cable?); the partition "
-                "table was not written, so the disk will not boot half-done"
-            )
+def _verify_one(target: Target, w: _Written, buf, stats, lock) -> None:
+    """Reads ``w`` back with direct I/O right after its write (or, resumed,
+    as an earlier run left it): every chunk is checked before the partition
+    tables are written, while later chunks are still on their way."""
+    data = target.read(w.offset, w.length, buf)
+    if checksum(data, checksum_algorithm(w.digest)) != w.digest:
+        raise DeployError(
+            f"{target.path}: {w.length} bytes at {w.offset} did not read "
+            "back as written (failing disk or cable?); the partition "
+            "table was not written, so the disk will not boot half-done"
+        )
+    with lock:
         stats.verified_bytes += w.length

@@ -54,11 +54,24 @@ class PinnedHTTPSConnection(http.client.HTTPSConnection):
             raise CertificateMismatch(expected=self._expected, actual=actual)
 
 
+def _read_into(resp: http.client.HTTPResponse, buf) -> memoryview:
+    view = memoryview(buf)[: resp.length]
+    if len(view) != resp.length:
+        raise http.client.HTTPException(f"a body of {resp.length} bytes is too long")
+    pos = 0
+    while pos < len(view):
+        n = resp.readinto(view[pos:])
+        if not n:
+            raise http.client.IncompleteRead(bytes(view[:pos]), len(view) - pos)
+        pos += n
+    return view
+
+
 @dataclass
 class Reply:
     status: int
     headers: http.client.HTTPMessage
-    data: bytes
+    data: bytes | memoryview
 
     def json(self):
         return json.loads(self.data) if self.data else None
@@ -88,7 +101,12 @@ class WireClient:
         self._conn: PinnedHTTPSConnection | None = None
         self._auth = f"Bearer {pairing.secret}"
 
-    def request(self, method: str, path: str, body=None, headers=None) -> Reply:
+    def request(
+        self, method: str, path: str, body=None, headers=None, *, into=None
+    ) -> Reply:
+        """With ``into(headers, length)`` returning a writable buffer of at
+        least ``length`` bytes, a successful reply's body is read into it
+        (``Reply.data`` is then a view of it): no allocation per reply."""
         hdrs = {"Authorization": self._auth, "User-Agent": USER_AGENT}
         hdrs.update(headers or {})
         if body is not None and "Content-Length" not in hdrs:
@@ -98,7 +116,10 @@ class WireClient:
                 self._conn = PinnedHTTPSConnection(self.pairing, self.timeout)
             self._conn.request(method, path, body=body, headers=hdrs)
             resp = self._conn.getresponse()
-            data = resp.read()
+            if into is None or resp.status >= 400 or resp.length is None:
+                data = resp.read()
+            else:
+                data = _read_into(resp, into(resp.headers, resp.length))
         except CertificateMismatch:
             self.close()
             raise

@@ -16,6 +16,7 @@ the DATA extents of the map.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import struct
 import threading
@@ -31,7 +32,7 @@ from converters import backends
 
 from . import protocol
 from .errors import Conflict, NotFound
-from .protocol import API, CHECKSUM_HEADER, MAX_CHUNK, valid_name
+from .protocol import API, CHECKSUM_HEADER, MAX_CHUNK, Payload, valid_name
 from .sessions import Registry
 from .storage import IDENTITY_DIR, INVENTORY_FILE, SESSION_FILE
 
@@ -45,6 +46,9 @@ MAX_READS = 8
 # Eight 8 MiB chunks: enough for machines a few requests apart to share
 # reads, small beside the server's per-session buffers.
 CACHE_BYTES = 64 << 20
+# What one write into TLS carries: a few dozen TLS records, below glibc's
+# mmap threshold (ferry serve sets it to 1 MiB), so its buffers are reused.
+SEND_SLICE = 256 << 10
 
 
 @dataclass(frozen=True)
@@ -127,6 +131,17 @@ class _ImportedDisk:
     def read(self, offset: int, length: int) -> bytes:
         return self.backend().read(offset, length)
 
+    def payload(self, offset: int, length: int, compress: bool, scratch) -> Payload:
+        """The range read into ``scratch`` (a reused buffer) and encoded:
+        a chunk that compresses leaves only its zstd frame behind, one that
+        does not is copied out once."""
+        view = memoryview(scratch)[:length]
+        self.backend().read_into(offset, view)
+        payload = protocol.encode_reply(view, compress)
+        if payload.encoding == "identity":
+            payload = dataclasses.replace(payload, body=bytes(view))
+        return payload
+
     def extents(self):
         return self.backend().extents()
 
@@ -149,6 +164,8 @@ class Images:
         # however many machines deploy at once.
         self.reads = asyncio.Semaphore(MAX_READS)
         self.cache = ReadCache(CACHE_BYTES)
+        # Read buffers, reused: at most MAX_READS exist (the semaphore).
+        self.scratch: list[bytearray] = []
 
     async def run(self, func, *args):
         loop = asyncio.get_running_loop()
@@ -161,13 +178,14 @@ class Images:
         raise NotFound(what=f"image {image}")
 
     async def disk(self, image: str, disk: str):
-        """An object with ``size``, async ``read`` and async ``extents``."""
+        """An object with ``size``, async ``payload`` (a range, encoded) and
+        async ``extents``."""
         entry = await self.run(self.entry, image)
         found = next((d for d in entry.disks if d.name == disk), None)
         if found is None:
             raise NotFound(what=f"disk {disk} of image {image}")
         if entry.kind == "capture":
-            return _CaptureDisk(self.registry.get(image).disk(disk), found.size)
+            return _CaptureDisk(self, self.registry.get(image).disk(disk), found.size)
         return _AsyncImported(self, self._open_imported(image, disk))
 
     def _open_imported(self, image: str, disk: str) -> _ImportedDisk:
@@ -192,12 +210,14 @@ class Images:
 
 
 class _CaptureDisk:
-    def __init__(self, diskio, size: int) -> None:
+    def __init__(self, images: Images, diskio, size: int) -> None:
+        self._images = images
         self._diskio = diskio
         self.size = size
 
-    async def read(self, offset: int, length: int) -> bytes:
-        return await self._diskio.read(offset, length)
+    async def payload(self, offset: int, length: int, compress: bool) -> Payload:
+        data = await self._diskio.read(offset, length)
+        return await self._images.run(protocol.encode_reply, data, compress)
 
     async def extents(self):
         return await self._diskio.extents()
@@ -209,9 +229,17 @@ class _AsyncImported:
         self._disk = disk
         self.size = disk.size
 
-    async def read(self, offset: int, length: int) -> bytes:
+    async def payload(self, offset: int, length: int, compress: bool) -> Payload:
         protocol.check_bounds(offset, length, self.size)
-        return await self._images.run(self._disk.read, offset, length)
+        scratch = self._images.scratch.pop() if self._images.scratch else None
+        if scratch is None:
+            scratch = bytearray(MAX_CHUNK)
+        try:
+            return await self._images.run(
+                self._disk.payload, offset, length, compress, scratch
+            )
+        finally:
+            self._images.scratch.append(scratch)
 
     async def extents(self):
         return await self._images.run(self._disk.extents)
@@ -343,8 +371,7 @@ class ImageDiskView(_View):
 
         async def produce() -> protocol.Payload:
             async with self.images.reads:
-                data = await disk.read(offset, length)
-                return await self.images.run(protocol.encode_reply, data, compress)
+                return await disk.payload(offset, length, compress)
 
         payload = await self.images.cache.get(key, produce)
         reply = {
@@ -353,7 +380,24 @@ class ImageDiskView(_View):
         }
         if payload.encoding != "identity":
             reply["Content-Encoding"] = payload.encoding
-        return web.Response(status=206, body=bytes(payload.body), headers=reply)
+        return await send_body(self.request, reply, payload.body)
+
+
+async def send_body(request: web.Request, headers: dict, body) -> web.StreamResponse:
+    """A 206 whose body goes out in slices of the payload itself. A whole
+    8 MiB body in one write is copied three times on its way into TLS
+    (joined with the headers, grown into OpenSSL's output buffer, read
+    out of it), each copy a fresh allocation the size of the chunk; a
+    slice is encrypted and sent while the next waits, in buffers small
+    enough to be reused."""
+    resp = web.StreamResponse(status=206, headers=headers)
+    resp.content_length = len(body)
+    await resp.prepare(request)
+    view = memoryview(body)
+    for start in range(0, len(view), SEND_SLICE):
+        await resp.write(view[start : start + SEND_SLICE])
+    await resp.write_eof()
+    return resp
 
 
 def image_path(image: str, disk: str) -> str:

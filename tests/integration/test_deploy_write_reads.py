@@ -1,0 +1,77 @@
+"""The deploy read and write path's own buffers: a qcow2 read through
+qemu-nbd into a caller's buffer, and a chunk that does not read back as
+written stopping the deploy before the partition table is touched."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from test_deploy_write import loop_device, old_disk
+from test_wire_support import MiB
+
+from converters import backends
+from converters.deploy_plan import DeployError
+from converters.deploy_target import Target
+from converters.deploy_write import HELD, write_disk
+from converters.extents import Extent, ExtentKind, ExtentMap
+
+
+def test_a_qcow2_range_is_read_into_the_callers_buffer(tmp_path):
+    image = tmp_path / "sda.qcow2"
+    backends.create(image, 32 * MiB)
+    payload = os.urandom(3 * MiB)
+    with backends.open(image, "r+") as b:
+        b.write(5 * MiB, payload)
+        b.flush()
+    buf = bytearray(b"\xaa" * (4 * MiB))
+    with backends.open(image, "r") as b:
+        b.read_into(5 * MiB, memoryview(buf)[: 3 * MiB])
+        assert buf[: 3 * MiB] == payload
+        assert buf[3 * MiB :] == b"\xaa" * MiB  # nothing past the range
+        b.read_into(20 * MiB, memoryview(buf)[:MiB])  # never written
+        assert buf[:MiB] == bytes(MiB)
+        with pytest.raises(OSError):
+            b.read_into(32 * MiB - 4096, memoryview(buf)[: 2 * 4096])
+
+
+class _Source:
+    """An image of 16 MiB: a table area, then 14 MiB of data."""
+
+    name = "img"
+    size = 16 * MiB
+
+    def __init__(self) -> None:
+        self.data = os.urandom(self.size)
+
+    def extents(self) -> ExtentMap:
+        return ExtentMap(self.size, [Extent(0, self.size, ExtentKind.DATA)])
+
+    def read(self, offset: int, length: int) -> bytes:
+        return self.data[offset : offset + length]
+
+
+class _BitRot(Target):
+    """A real loop device whose reads of one range come back altered, as a
+    failing disk's would."""
+
+    def read(self, offset, length, buf):
+        view = super().read(offset, length, buf)
+        if offset <= 8 * MiB < offset + length:
+            view[8 * MiB - offset] ^= 1
+        return view
+
+
+def test_a_chunk_that_reads_back_altered_stops_before_the_partition_table(
+    tmp_path,
+):
+    source = _Source()
+    disk = old_disk(tmp_path / "disk.img", 16 * MiB)
+    table_before = disk.read_bytes()[:HELD]
+    altered = pytest.raises(DeployError, match="did not read back as written")
+    with loop_device(disk) as dev, _BitRot(dev) as target, altered:
+        write_disk(source, target)
+    written = disk.read_bytes()
+    # The old table was wiped first and the image's was never written.
+    assert written[:HELD] == bytes(HELD) != table_before
+    assert written[HELD : 2 * MiB] == source.data[HELD : 2 * MiB]
