@@ -17,14 +17,15 @@ bootable but is not:
 3. only when every chunk passed, the image's first and last MiB (MBR/GPT
    and the GPT backup) are written and checked the same way.
 
-A few workers each own two page-aligned 8 MiB buffers (the chunk, its
-read-back) and a source connection with its buffer for compressed bodies:
+A few workers each own a page-aligned 8 MiB buffer, a 1 MiB one for the
+read-back and a source connection with its buffer for compressed bodies:
 memory stays under ``workers * 3 * CHUNK_SIZE`` whatever the image's size,
 and nothing is staged in RAM or on a disk.
 """
 
 from __future__ import annotations
 
+import hashlib
 import queue
 import threading
 import time
@@ -36,18 +37,30 @@ from converters.events import EventStream, Progress
 from converters.extents import Extent, ExtentKind, ExtentMap
 from converters.wire.protocol import CHUNK_SIZE, checksum, checksum_algorithm, is_zero
 
+try:
+    import xxhash
+except ImportError:  # protocol then checksums with sha256 only
+    xxhash = None
+
 # The partition tables: MBR and the primary GPT in the first MiB (parted and
 # every partitioner since 2010 start the first partition at 1 MiB), the GPT
 # backup in the last 33 sectors of a disk.
 HELD = 1 << 20
 PROGRESS_INTERVAL = 0.5
+# Read-back goes through a hash in steps of this size: one small buffer per
+# worker instead of a second chunk-sized one.
+READ_BACK = 1 << 20
+# The digests protocol.checksum makes, computed step by step.
+_HASHERS = {"sha256": hashlib.sha256}
+if xxhash is not None:
+    _HASHERS["xxh3-128"] = xxhash.xxh3_128
 
 
 @dataclass
 class WriteOptions:
     # Four workers: the link, sha256 and the device each keep one busy on a
     # two-core live machine; more only adds 16 MiB of buffers each.
-    workers: int = 4
+    workers: int = 8
     chunk_size: int = CHUNK_SIZE
     verify: bool = True
 
@@ -193,7 +206,7 @@ def _pump(
         buf = aligned_buffer(options.chunk_size)
         # Read-back lands apart from what was written: a device that
         # returned nothing could not pass for one that returned the data.
-        back = aligned_buffer(options.chunk_size) if options.verify else None
+        back = aligned_buffer(READ_BACK) if options.verify else None
         try:
             while True:
                 ext = items.get()
@@ -295,10 +308,15 @@ def _one(source, target, ext: Extent, buf, stats, lock, journal) -> _Written | N
 
 def _verify_one(target: Target, w: _Written, buf, stats, lock) -> None:
     """Reads ``w`` back with direct I/O right after its write (or, resumed,
-    as an earlier run left it): every chunk is checked before the partition
-    tables are written, while later chunks are still on their way."""
-    data = target.read(w.offset, w.length, buf)
-    if checksum(data, checksum_algorithm(w.digest)) != w.digest:
+    as an earlier run left it), ``len(buf)`` bytes at a time into a hash:
+    every chunk is checked before the partition tables are written, while
+    later chunks are still on their way."""
+    algorithm = checksum_algorithm(w.digest)
+    hasher = _HASHERS[algorithm]()
+    for offset in range(w.offset, w.offset + w.length, len(buf)):
+        step = min(len(buf), w.offset + w.length - offset)
+        hasher.update(target.read(offset, step, buf))
+    if f"{algorithm}:{hasher.hexdigest()}" != w.digest:
         raise DeployError(
             f"{target.path}: {w.length} bytes at {w.offset} did not read "
             "back as written (failing disk or cable?); the partition "

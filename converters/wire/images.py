@@ -19,6 +19,7 @@ import asyncio
 import dataclasses
 import logging
 import struct
+import subprocess
 import threading
 import time
 from collections import OrderedDict
@@ -29,6 +30,7 @@ from pathlib import Path
 from aiohttp import web
 
 from converters import backends
+from converters.backends.qcow2 import PlainReader
 
 from . import protocol
 from .errors import Conflict, NotFound
@@ -108,16 +110,22 @@ def catalogue(root: Path, registry: Registry) -> list[ImageEntry]:
 
 
 class _ImportedDisk:
-    """One imported qcow2, read-only through qemu-nbd."""
+    """One imported qcow2, read-only through qemu-nbd, whose lock keeps
+    writers out while it is open; its plainly stored clusters are read
+    straight from the file (qcow2.PlainReader)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.size = qcow2_size(path)
         self.last_used = time.monotonic()
         self._backend = None
+        self._plain: PlainReader | None = None
         self._lock = threading.Lock()
 
     def backend(self):
+        return self._open()[0]
+
+    def _open(self):
         self.last_used = time.monotonic()
         with self._lock:
             if self._backend is None:
@@ -126,7 +134,11 @@ class _ImportedDisk:
                 except OSError as e:
                     # A conversion holding the write lock, most likely.
                     raise Conflict(reason=f"{self.path.name} is in use: {e}") from e
-            return self._backend
+                try:
+                    self._plain = PlainReader.open(self.path)
+                except (OSError, ValueError, subprocess.CalledProcessError) as e:
+                    log.warning("IMAGES nbd-only path=%s error=%s", self.path, e)
+            return self._backend, self._plain
 
     def read(self, offset: int, length: int) -> bytes:
         return self.backend().read(offset, length)
@@ -136,7 +148,11 @@ class _ImportedDisk:
         a chunk that compresses leaves only its zstd frame behind, one that
         does not is copied out once."""
         view = memoryview(scratch)[:length]
-        self.backend().read_into(offset, view)
+        backend, plain = self._open()
+        if plain is not None:
+            plain.read_into(offset, view, backend.read_into)
+        else:
+            backend.read_into(offset, view)
         payload = protocol.encode_reply(view, compress)
         if payload.encoding == "identity":
             payload = dataclasses.replace(payload, body=bytes(view))
@@ -148,6 +164,9 @@ class _ImportedDisk:
     def close(self) -> None:
         with self._lock:
             backend, self._backend = self._backend, None
+            plain, self._plain = self._plain, None
+        if plain is not None:
+            plain.close()
         if backend is not None:
             backend.close()
 

@@ -1,16 +1,19 @@
-"""The deploy read and write path's own buffers: a qcow2 read through
-qemu-nbd into a caller's buffer, and a chunk that does not read back as
-written stopping the deploy before the partition table is touched."""
+"""The deploy read and write paths: a qcow2 read through qemu-nbd into a
+caller's buffer, or straight from its file where qemu-img's map says its
+clusters are stored plain; a chunk that does not read back as written
+stopping the deploy before the partition table is touched."""
 
 from __future__ import annotations
 
 import os
+import subprocess
 
 import pytest
 from test_deploy_write import loop_device, old_disk
 from test_wire_support import MiB
 
 from converters import backends
+from converters.backends.qcow2 import PlainReader
 from converters.deploy_plan import DeployError
 from converters.deploy_target import Target
 from converters.deploy_write import HELD, write_disk
@@ -75,3 +78,58 @@ def test_a_chunk_that_reads_back_altered_stops_before_the_partition_table(
     # The old table was wiped first and the image's was never written.
     assert written[:HELD] == bytes(HELD) != table_before
     assert written[HELD : 2 * MiB] == source.data[HELD : 2 * MiB]
+
+
+def test_a_qcow2_is_read_from_its_file_where_stored_plain_and_through_nbd_elsewhere(
+    tmp_path,
+):
+    """Compressed clusters, zero clusters, holes and plain clusters in one
+    image: what ferry serve reads is what qemu-img reads."""
+    plain = tmp_path / "plain.qcow2"
+    backends.create(plain, 16 * MiB)
+    rng = os.urandom(4 * MiB)
+    with backends.open(plain, "r+") as b:
+        b.write(0, rng)
+        b.write(8 * MiB, b"text " * (MiB // 5) + b"x" * (MiB % 5))
+    image = tmp_path / "mixed.qcow2"
+    subprocess.run(
+        ["qemu-img", "convert", "-c", "-O", "qcow2", plain, image], check=True
+    )
+    with backends.open(image, "r+") as b:
+        b.write(MiB, rng[:MiB])  # a plain cluster run amid compressed ones
+        b.write(12 * MiB, rng[:MiB])
+        b.zero(12 * MiB + 65536, 65536)  # a zero cluster amid data
+        b.flush()
+    expected = tmp_path / "expected.raw"
+    subprocess.run(["qemu-img", "convert", "-O", "raw", image, expected], check=True)
+    want = expected.read_bytes()
+
+    with backends.open(image, "r") as b:
+        reader = PlainReader.open(image)
+        assert reader is not None
+        kinds = {run.host is None for run in reader.runs}
+        assert kinds == {True, False}  # both plain data and zeros mapped
+        fallback = []
+
+        def through_nbd(offset, view):
+            fallback.append((offset, len(view)))
+            b.read_into(offset, view)
+
+        buf = bytearray(16 * MiB)
+        for offset in range(0, 16 * MiB, 3 * MiB):  # ranges across runs
+            length = min(3 * MiB, 16 * MiB - offset)
+            reader.read_into(offset, memoryview(buf)[:length], through_nbd)
+            assert buf[:length] == want[offset : offset + length], offset
+        reader.close()
+    assert fallback  # the compressed clusters came through qemu-nbd
+
+
+def test_a_qcow2_with_a_backing_file_is_read_through_nbd_only(tmp_path):
+    base = tmp_path / "base.qcow2"
+    backends.create(base, 4 * MiB)
+    top = tmp_path / "top.qcow2"
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", top],
+        check=True,
+    )
+    assert PlainReader.open(top) is None
