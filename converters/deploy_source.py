@@ -29,7 +29,6 @@ from converters.extents import ExtentMap
 from converters.wire import protocol
 from converters.wire.connection import WireClient
 from converters.wire.errors import ChecksumMismatch, LinkDown, WireError
-from converters.wire.images import image_path
 from converters.wire.pairing import Pairing
 from converters.wire.retry import Backoff
 
@@ -121,11 +120,11 @@ class ServerDisk:
                     raise
 
     def extents(self) -> ExtentMap:
-        path = image_path(self.image, self.name) + "/extents"
+        path = protocol.image_path(self.image, self.name) + "/extents"
         return ExtentMap.from_json(self._retry(lambda c: c.request_json("GET", path)))
 
     def read(self, offset: int, length: int) -> bytes:
-        path = image_path(self.image, self.name)
+        path = protocol.image_path(self.image, self.name)
         headers = {
             "Range": protocol.range_header(offset, length),
             "Accept-Encoding": "zstd",
@@ -147,7 +146,7 @@ class ServerDisk:
         8 MiB allocation and no copy per chunk), and its checksum as the
         server sent it and we checked it: the digest the read-back
         verification compares with, at no extra hashing."""
-        path = image_path(self.image, self.name)
+        path = protocol.image_path(self.image, self.name)
         headers = {
             "Range": protocol.range_header(offset, length),
             "Accept-Encoding": "zstd",

@@ -11,7 +11,6 @@ and makes the read-back check read the device, not the page cache.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import fcntl
 import mmap
@@ -134,7 +133,9 @@ def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
         pos += os.pwritev(fd, [view[pos:]], offset + pos)
 
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+# The process's own symbols, glibc's among them: find_library("c") runs
+# ldconfig, a few tenths of a second of every deploy's start.
+_libc = ctypes.CDLL(None, use_errno=True)
 _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
 
 

@@ -417,7 +417,3 @@ async def send_body(request: web.Request, headers: dict, body) -> web.StreamResp
         await resp.write(view[start : start + SEND_SLICE])
     await resp.write_eof()
     return resp
-
-
-def image_path(image: str, disk: str) -> str:
-    return f"{API}/images/{image}/disks/{disk}"

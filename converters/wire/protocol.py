@@ -318,3 +318,8 @@ def session_path(session: str) -> str:
 
 def disk_path(session: str, disk: str) -> str:
     return f"{API}/sessions/{session}/disks/{disk}"
+
+
+def image_path(image: str, disk: str) -> str:
+    """A disk of an image ``ferry serve`` offers for V2P (wire/images.py)."""
+    return f"{API}/images/{image}/disks/{disk}"
