@@ -144,11 +144,17 @@ class _ImportedDisk:
         return self.backend().read(offset, length)
 
     def payload(self, offset: int, length: int, compress: bool, scratch) -> Payload:
-        """The range read into ``scratch`` (a reused buffer) and encoded:
-        a chunk that compresses leaves only its zstd frame behind, one that
-        does not is copied out once."""
-        view = memoryview(scratch)[:length]
+        """The range encoded: straight from the image file's pages where it
+        is stored plain in one piece, else read into ``scratch`` (a reused
+        buffer), where a chunk that compresses leaves only its zstd frame
+        behind and one that does not is copied out once."""
         backend, plain = self._open()
+        mapped = plain.view(offset, length) if plain is not None else None
+        if mapped is not None:
+            # Sent as it is (a view of the page cache) when it does not
+            # compress: no copy at all.
+            return protocol.encode_reply(mapped, compress)
+        view = memoryview(scratch)[:length]
         if plain is not None:
             plain.read_into(offset, view, backend.read_into)
         else:
