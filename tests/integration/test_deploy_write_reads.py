@@ -120,6 +120,9 @@ def test_a_qcow2_is_read_from_its_file_where_stored_plain_and_through_nbd_elsewh
             length = min(3 * MiB, 16 * MiB - offset)
             reader.read_into(offset, memoryview(buf)[:length], through_nbd)
             assert buf[:length] == want[offset : offset + length], offset
+        # One plain run: a view of the file's pages; compressed: none.
+        assert reader.view(MiB, 64 << 10) == want[MiB : MiB + (64 << 10)]
+        assert reader.view(8 * MiB, 64 << 10) is None
         reader.close()
     assert fallback  # the compressed clusters came through qemu-nbd
 
