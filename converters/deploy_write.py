@@ -66,6 +66,8 @@ class WriteOptions:
     chunk_size: int = CHUNK_SIZE
     # Parts of the disk written at once (_work_items).
     spans: int = 2
+    # A flush after this many bytes written (_Unflushed).
+    flush_every: int = 256 << 20
     verify: bool = True
 
 
@@ -205,6 +207,7 @@ def _pump(
     failures: list[BaseException] = []
     stop = threading.Event()
     lock = threading.Lock()
+    unflushed = _Unflushed(options.flush_every)
 
     def work() -> None:
         buf = aligned_buffer(options.chunk_size)
@@ -222,6 +225,8 @@ def _pump(
                         _verify_one(target, done, back, stats, lock)
                     if journal is not None and not done.resumed:
                         journal.wrote(done.offset, done.length, done.digest)
+                    if not done.resumed and unflushed.add(done.length):
+                        target.flush()
                 if ext.kind is ExtentKind.DATA:
                     progress.add(ext.length)
         except BaseException as e:
@@ -257,6 +262,30 @@ def _pump(
             t.join()
     if failures:
         raise failures[0]
+
+
+class _Unflushed:
+    """Bytes written since the last flush. Flushing as the write goes keeps
+    what a flush must wait for small: a loop device's backing file (the
+    bench, the tests) held the whole image in dirty pages, under the
+    kernel's background threshold, and the flush before the partition
+    tables then wrote it all back while nothing else ran (3.3 s of a 15 s
+    deploy at load 5); a disk's volatile cache is flushed in bounded
+    steps."""
+
+    def __init__(self, every: int) -> None:
+        self.every = every
+        self.bytes = 0
+        self._lock = threading.Lock()
+
+    def add(self, n: int) -> bool:
+        """True (once) when ``every`` bytes have gathered: flush them."""
+        with self._lock:
+            self.bytes += n
+            if self.bytes < self.every:
+                return False
+            self.bytes = 0
+            return True
 
 
 def _drain(items: queue.Queue) -> None:
