@@ -256,6 +256,13 @@ class FileDisk:
     def read(self, offset: int, length: int) -> bytes:
         return self._backend.read(offset, length)
 
+    def read_into(self, offset: int, length: int, buf) -> tuple[object, str]:
+        """The range read into ``buf`` (the worker's O_DIRECT buffer); no
+        checksum came with it, so the writer makes one."""
+        view = memoryview(buf)[:length]
+        self._backend.read_into(offset, view)
+        return view, ""
+
     def close(self) -> None:
         backend = getattr(self, "_backend", None)
         if backend is not None:
