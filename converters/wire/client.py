@@ -67,12 +67,15 @@ READERS = 2
 class UploadOptions:
     compress: str = "auto"  # auto | zstd | none
     bandwidth: float | None = None  # bytes per second, None: unlimited
-    # Six requests in flight (the server takes six per session): the
-    # server's storage writes take the longest step of a request (up to
-    # 200 ms per 8 MiB through qemu-nbd on a busy disk), so the senders
-    # mostly wait on it; six keep the link full while the slowest writes
-    # finish. Each costs 8 MiB (a read buffer) plus its zstd output.
-    workers: int = 6
+    # Eight requests in flight, two more than the server takes per session
+    # (sessions.MAX_INFLIGHT): the server's storage write is the longest
+    # step of a request (150-250 ms per 8 MiB through qemu-nbd here, traced
+    # in a capture of the bench disk) and holds its connection until the
+    # reply; the two extra bodies wait in the socket buffers meanwhile, so
+    # a server buffer that frees finds its next body already arriving
+    # instead of the link idling for a round trip. Each costs 8 MiB (a read
+    # buffer) plus its zstd output.
+    workers: int = 8
     chunk_size: int = CHUNK_SIZE
     # Give up when the server stays unreachable this long (a reboot of the
     # KVM host fits in it).

@@ -266,7 +266,7 @@ def nbdcopy_row(key: str, env: Env, ssh: Ssh | None) -> Row:
     out_sock = folder / f"qemu-nbd-{key}.sock"
     # The options ferry serve gives its own qemu-nbd (backends/qcow2.py).
     qemu_nbd = ["qemu-nbd", "--format=qcow2", f"--socket={out_sock}", "--shared=8"]
-    qemu_nbd += ["--persistent", "--cache=none", "--aio=native", "--discard=unmap"]
+    qemu_nbd += ["--persistent", "--cache=none", "--aio=threads", "--discard=unmap"]
     procs.start(f"qemu-nbd-{key}", link.exec("dst", [*qemu_nbd, image]))
     if ssh:
         listen = ["--ip-addr", "127.0.0.1", "--port", str(NBD_PORT)]
