@@ -5,9 +5,9 @@ Per disk, the extent map says what to send: DATA is read and sent in 8 MiB
 requests (or as zero requests when it reads as zeros), ZERO becomes zero
 requests, SKIP is never read. A feeder hands the requests of all disks, in
 turns, to a bounded queue; two readers fill a fixed set of buffers with the
-source's bytes ahead of need; a few senders, each with its own connection,
-checksum, compress (when it pays, protocol.Encoder) and send them; the first
-error is raised when the block ends.
+source's bytes ahead of need and checksum and compress them (when it pays,
+protocol.Encoder); a few senders, each with its own connection, send them;
+the first error is raised when the block ends.
 
 Resume: before each round the client asks the server what it has and sends
 only the rest; after a link failure a worker asks again before re-sending.
@@ -40,6 +40,7 @@ from .protocol import (
     CHUNK_SIZE,
     MAX_CHUNK,
     Encoder,
+    Payload,
     bound_heap,
     is_zero,
     valid_name,
@@ -57,10 +58,15 @@ MAX_ROUNDS = 8
 # A chunk refused for a checksum mismatch is read and sent again this often
 # before the disk is given up (a source that changes under us, bad RAM).
 MAX_REJECTS = 3
-# Threads reading the source ahead of the senders: two keep a device busy
-# (one O_DIRECT read in flight while the other's buffer is handed over)
-# and cost one 8 MiB buffer each beyond the senders' own.
-READERS = 2
+# Threads reading and encoding the source ahead of the senders: three keep
+# a device busy (an O_DIRECT read in flight while another's buffer is
+# handed over) and two cores compressing while one of them reads (traced:
+# two readers spent the text part of the bench disk compressing, the link
+# waiting on them); each costs one 8 MiB buffer beyond the senders' own,
+# plus one more buffer so that an encoded request is ready when a sender
+# frees.
+READERS = 3
+READY_AHEAD = 1
 
 
 @dataclass
@@ -197,15 +203,18 @@ class _Uploader:
 
     def _pump(self, jobs: list[Job]) -> None:
         """Three stages: this thread cuts requests, readers fill buffers
-        with the source's bytes ahead of need, senders encode and send. The
-        reads then overlap the senders' waits on the network and the server
-        (with O_DIRECT there is no kernel read-ahead to do it); a fixed set
-        of buffers bounds the memory whatever the stages' speeds."""
+        with the source's bytes ahead of need and encode them, senders send.
+        Reading and compressing then overlap the senders' waits on the
+        network and the server (with O_DIRECT there is no kernel read-ahead
+        to do it); when senders compressed, all of them compressed at once
+        and then all sent at once (traced at load 7: 7 of 8 compressing, the
+        link idle). A fixed set of buffers bounds the memory whatever the
+        stages' speeds."""
         opts = self.options
         todo: queue.Queue = queue.Queue(maxsize=opts.workers * 2)
         ready: queue.Queue = queue.Queue()  # bounded by the buffers
         free: queue.Queue = queue.Queue()
-        for _ in range(opts.workers + READERS):
+        for _ in range(opts.workers + READERS + READY_AHEAD):
             free.put(read_buffer(opts.chunk_size))
         stop = threading.Event()
         failures: list[BaseException] = []
@@ -253,41 +262,46 @@ class _Uploader:
             raise failures[0]
 
     def _reader(self, todo, ready, free, stop, failures) -> None:
+        # A zstd context per thread: they are not shareable.
+        encoder = Encoder(self.options.compress)
         while (item := todo.get()) is not None:
             if stop.is_set():
                 continue  # drain, so that the feeder never blocks
             if item.kind is not ExtentKind.DATA:
-                ready.put((item, None, None))
+                ready.put(_Ready(item))
                 continue
             buf = free.get()
             try:
                 view = read_into(item.job, buf, item.offset, item.length)
+                payload = None if is_zero(view) else encode_payload(encoder, view)
             except BaseException as e:
                 free.put(buf)
                 failures.append(e)
                 stop.set()
                 continue
-            ready.put((item, buf, view))
+            ready.put(_Ready(item, buf, view, payload, encoder))
 
     def _worker(self, ready, free, stop, failures) -> None:
         client = WireClient(self.pairing)
+        # Only for encoding again after a checksum mismatch; the readers'
+        # encoders belong to their threads.
         encoder = Encoder(self.options.compress)
         try:
             while (got := ready.get()) is not None:
-                item, buf, view = got
                 try:
                     if not stop.is_set():
-                        self._send(client, encoder, buf, view, item)
+                        self._send(client, encoder, got)
                 except BaseException as e:
                     failures.append(e)
                     stop.set()
                 finally:
-                    if buf is not None:
-                        free.put(buf)  # also when stopping: a reader may wait
+                    if got.buf is not None:
+                        free.put(got.buf)  # also when stopping: a reader may wait
         finally:
             client.close()
 
-    def _send(self, client: WireClient, encoder: Encoder, buf, view, item: Item):
+    def _send(self, client: WireClient, encoder: Encoder, got: _Ready):
+        item = got.item
         backoff = Backoff(self.options.retry_timeout)
         after_failure = False
         rejects = 0
@@ -298,7 +312,7 @@ class _Uploader:
                 if after_failure and self._server_has(client, item):
                     item.job.meter.add(_data(item), found_after_retry=_data(item))
                     return
-                self._attempt(client, encoder, view, item, after_failure)
+                self._attempt(client, got, after_failure)
                 return
             except LinkDown as e:
                 item.job.meter.add(link_failures=1)
@@ -311,7 +325,11 @@ class _Uploader:
                     raise TransferError(reason=f"{item.job.name}: {e}") from e
                 log.warning("REJECTED disk=%s offset=%d", item.job.name, item.offset)
                 # Read again: the source may have changed, or memory erred.
-                view = read_into(item.job, buf, item.offset, item.length)
+                got.view = read_into(item.job, got.buf, item.offset, item.length)
+                got.payload = (
+                    None if is_zero(got.view) else encode_payload(encoder, got.view)
+                )
+                got.encoder = encoder
 
     def _server_has(self, client: WireClient, item: Item) -> bool:
         """After a link failure: did the request get through anyway? Waits
@@ -323,23 +341,25 @@ class _Uploader:
             time.sleep(0.1)
         return False
 
-    def _attempt(self, client, encoder, view, item: Item, again: bool) -> None:
-        """One try at one request; ``view`` holds a DATA item's bytes."""
+    def _attempt(self, client, got: _Ready, again: bool) -> None:
+        """One try at one request; a DATA item comes with its bytes and
+        their payload (None: they read as zeros)."""
+        item, payload = got.item, got.payload
         job, session = item.job, self.session
         resent = item.length if again else 0
         if item.kind is ExtentKind.ZERO:
             client.zero(session, job.name, item.offset, item.length)
             job.meter.add(zeroed=item.length, resent=resent)
             return
-        if is_zero(view):
+        if payload is None:
             client.zero(session, job.name, item.offset, item.length)
             job.meter.add(item.length, zero_detected=item.length, resent=resent)
             return
-        payload = encode_payload(encoder, view)
         body = self.throttle.slices(payload.body) if self.throttle else None
         started = time.perf_counter()
         client.put(session, job.name, item.offset, payload, body)
-        encoder.sent(len(payload.body), time.perf_counter() - started)
+        # Plain float updates: a reader's encoder told from a sender thread.
+        got.encoder.sent(len(payload.body), time.perf_counter() - started)
         job.meter.add(
             item.length,
             data_sent=item.length,
@@ -347,6 +367,17 @@ class _Uploader:
             saved=payload.saved,
             resent=resent,
         )
+
+
+@dataclass
+class _Ready:
+    """A request on its way from a reader to a sender."""
+
+    item: Item
+    buf: memoryview | None = None  # the read buffer, back to the pool after
+    view: memoryview | None = None  # a DATA item's bytes, in ``buf``
+    payload: Payload | None = None  # None: the bytes read as zeros
+    encoder: Encoder | None = None  # who encoded it (told the send time)
 
 
 def encode_payload(encoder: Encoder, data):
