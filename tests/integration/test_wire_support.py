@@ -216,6 +216,8 @@ class Proxy:
         # cut once this many bytes went up (client to server) / came down
         self.cut_after: int | None = None
         self.cut_after_down: int | None = None
+        # the cut_after cut closes the listener too: the link stays down
+        self.stay_down = False
         # bytes per second and connection going up, None: as fast as it can
         self.rate: float | None = None
         self.cuts = 0
@@ -270,7 +272,9 @@ class Proxy:
                 )
                 if due:
                     self.cut_after_down = None
-        if due:
+        if due and self.stay_down:
+            self.close()
+        elif due:
             self.cut()
 
     def cut(self) -> None:
