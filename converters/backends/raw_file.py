@@ -8,7 +8,6 @@ result always reads back as zeros. Allocation comes from SEEK_DATA/SEEK_HOLE.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import logging
 import os
@@ -20,7 +19,8 @@ log = logging.getLogger(__name__)
 
 _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+# The process's own symbols, glibc's among them (find_library runs ldconfig)
+_libc = ctypes.CDLL(None, use_errno=True)
 _libc.fallocate.argtypes = [
     ctypes.c_int,
     ctypes.c_int,

@@ -9,7 +9,6 @@ writes, not what it received.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import hashlib
 import re
 import threading
@@ -79,7 +78,7 @@ def bound_heap() -> None:
     thread count. A fixed 1 MiB threshold turns each into an mmap again.
     """
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        libc = ctypes.CDLL(None)  # find_library would run ldconfig
         libc.mallopt(_M_MMAP_THRESHOLD, 1 << 20)
     except (OSError, AttributeError):
         pass  # not glibc: nothing to tune
