@@ -20,7 +20,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from converters.events import EventStream
@@ -237,7 +237,8 @@ class _Uploader:
         for t in readers + senders:
             t.start()
         try:
-            for item in interleave([j.items(opts.chunk_size) for j in jobs]):
+            fronts = [f for j in jobs for f in two_fronts(j, opts.chunk_size)]
+            for item in interleave(fronts):
                 while not stop.is_set():
                     try:
                         todo.put(item, timeout=0.5)
@@ -367,6 +368,39 @@ class _Uploader:
             saved=payload.saved,
             resent=resent,
         )
+
+
+def two_fronts(job: Job, chunk: int) -> list[Iterator[Item]]:
+    """A disk's requests from two places in turn: the first half of what
+    is left to send and the second half.
+
+    Compressible stretches (text, binaries) cost CPU and little link;
+    incompressible ones (media, encrypted, compressed files) the reverse.
+    Sent in disk order, a disk laid out as large stretches of either kind
+    leaves the link idle during the first and the CPU idle during the
+    second (traced on the bench disk, machine idle: the text half took
+    4.8 s CPU-bound for 1.8 s of link time, then the random half ran
+    link-bound with three quarters of the CPU idle); two fronts mix them.
+    Each front stays sequential, so a disk's read-ahead still works; a
+    spinning disk pays a seek per request (8 MiB), a few percent."""
+    left = [
+        (s, e)
+        for ext in job.emap.of_kind(ExtentKind.DATA)
+        for s, e in job.committed.missing(ext.offset, ext.end)
+    ]
+    half = sum(e - s for s, e in left) // 2
+    mid = None
+    for s, e in left:
+        if half < e - s:
+            mid = s + half
+            break
+        half -= e - s
+    if mid is None or mid < chunk:
+        return [job.items(chunk)]
+    mid -= mid % chunk  # requests stay cut at multiples of the chunk
+    first = (i for i in job.items(chunk) if i.offset < mid)
+    second = (i for i in job.items(chunk) if i.offset >= mid)
+    return [first, second]
 
 
 @dataclass

@@ -194,15 +194,21 @@ def start_serve(
     network only (``Link.enter``), sharing the host's mounts."""
     argv = [FERRY, "serve", "--storage", storage, "--listen", f"{host}:{FERRY_PORT}"]
     argv.append("--no-convert")
+    log = procs.log(name)
+    # The log is appended to: with FERRY_BENCH_ROUNDS > 1, the lines of an
+    # earlier round's server (its pairing, another certificate) are there.
+    start = log.stat().st_size if log.exists() else 0
     serve = procs.start(
         name, link.enter(side, argv) if net_only else link.exec(side, argv)
     )
-    log = procs.log(name)
-    wait_for(
-        "ferry serve",
-        lambda: "pairing: " in log.read_text() or serve.poll() is not None,
-    )
-    lines = log.read_text().splitlines()
+
+    def text() -> str:
+        with open(log, errors="replace") as f:
+            f.seek(start)
+            return f.read()
+
+    wait_for("ferry serve", lambda: "pairing: " in text() or serve.poll() is not None)
+    lines = text().splitlines()
     pairing = next(
         (ln.split(" ", 1)[1] for ln in lines if ln.startswith("pairing: ")), ""
     )
