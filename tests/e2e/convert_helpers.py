@@ -84,3 +84,17 @@ def boot(session: Path, profile, workdir: Path, mac: str = DEFAULT_MAC) -> QemuM
     """The converted disk behind a fresh overlay: boots never change it."""
     disk = overlay(session / "sda.qcow2", workdir / "boot.qcow2")
     return QemuMachine(profile, workdir, [disk], mac=mac)
+
+
+def assert_same_machine(marker, machine, vm, profile, session) -> None:
+    assert marker, (
+        f"no boot marker; console ends with:\n{vm.console()[-3000:]}\n"
+        f"conversion log ends with:\n{log_tail(session)}"
+    )
+    assert marker["host"] == machine.hostname
+    assert marker["firmware"] == profile.firmware
+    # the physical name on the physical MAC, on hardware that names it otherwise
+    assert marker["nic"] == machine.recipe.nic != profile.nic_name
+    assert marker["mac"] == vm.mac
+    assert marker["addr"].startswith("10.0.2."), marker.fields
+    assert marker["data"] == "ok"

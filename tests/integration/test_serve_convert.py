@@ -1,8 +1,9 @@
 """`ferry serve` converts a machine capture when it completes, in a worker,
 and reports it in the session's status; `--no-convert` opts out. The
 successful path (a capture that then boots on virtio) is proven by
-tests/e2e/test_convert_boots.py; here a capture with no operating system
-fails the conversion quickly, which shows the failure path for real."""
+tests/e2e/test_live_p2v_boots.py and the golden path; here a capture with
+no operating system fails the conversion quickly, which shows the failure
+path for real."""
 
 from __future__ import annotations
 
