@@ -36,6 +36,7 @@ from converters.deploy_target import Target, aligned_buffer
 from converters.events import EventStream, Progress
 from converters.extents import Extent, ExtentKind, ExtentMap
 from converters.wire.protocol import CHUNK_SIZE, checksum, checksum_algorithm, is_zero
+from converters.wire.sources import interleave
 
 try:
     import xxhash
@@ -310,14 +311,9 @@ def _work_items(emap: ExtentMap, chunk: int, spans: int = 1):
     # The last part runs to the disk's end: ZERO extents after the last
     # data belong to it.
     bounds = [k * total // spans for k in range(spans)] + [None]
-    parts = [_span(emap, chunk, bounds[k], bounds[k + 1]) for k in range(spans)]
-    while parts:
-        for part in list(parts):
-            item = next(part, None)
-            if item is None:
-                parts.remove(part)
-            else:
-                yield item
+    yield from interleave(
+        [_span(emap, chunk, bounds[k], bounds[k + 1]) for k in range(spans)]
+    )
 
 
 def _span(emap: ExtentMap, chunk: int, start: int, end: int | None):

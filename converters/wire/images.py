@@ -140,9 +140,6 @@ class _ImportedDisk:
                     log.warning("IMAGES nbd-only path=%s error=%s", self.path, e)
             return self._backend, self._plain
 
-    def read(self, offset: int, length: int) -> bytes:
-        return self.backend().read(offset, length)
-
     def payload(self, offset: int, length: int, compress: bool, scratch) -> Payload:
         """The range encoded: straight from the image file's pages where it
         is stored plain in one piece, else read into ``scratch`` (a reused

@@ -141,7 +141,8 @@ def read_into(job: Job, buf: memoryview, offset: int, length: int) -> memoryview
 
 
 def interleave(iterators: list[Iterator[Item]]) -> Iterator[Item]:
-    """One item of each disk in turn, so that all disks move together."""
+    """One item of each iterator in turn: disks move together (capture),
+    parts of one disk mix their kinds of data (deploy_write)."""
     live = list(iterators)
     while live:
         for it in list(live):
