@@ -220,6 +220,13 @@ class Proxy:
         self.stay_down = False
         # bytes per second and connection going up, None: as fast as it can
         self.rate: float | None = None
+        # once this many bytes went up, nothing more goes up until release():
+        # a link that stalls, for as long as a test needs the transfer to be
+        # mid-flight whatever the host's speed
+        self.hold_after: int | None = None
+        self.held = threading.Event()
+        self._open = threading.Event()
+        self._open.set()
         self.cuts = 0
         self._lock = threading.Lock()
         self._conns: list[socket.socket] = []
@@ -245,6 +252,8 @@ class Proxy:
     def _pipe(self, src: socket.socket, dst: socket.socket, upstream: bool) -> None:
         try:
             while data := src.recv(256 << 10):
+                if upstream:
+                    self._open.wait()
                 dst.sendall(data)
                 self._count(len(data), upstream)
                 if upstream and self.rate:
@@ -265,6 +274,12 @@ class Proxy:
                 )
                 if due:
                     self.cut_after = None
+                if self.hold_after is not None and (
+                    self.upstream_bytes >= self.hold_after
+                ):
+                    self.hold_after = None
+                    self._open.clear()
+                    self.held.set()
             else:
                 self.downstream_bytes += n
                 due = self.cut_after_down is not None and (
@@ -286,7 +301,12 @@ class Proxy:
                 s.shutdown(socket.SHUT_RDWR)
             s.close()
 
+    def release(self) -> None:
+        """End a hold: what waited goes up now."""
+        self._open.set()
+
     def close(self) -> None:
         self._closed = True
+        self._open.set()
         self.listener.close()
         self.cut()

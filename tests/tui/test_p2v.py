@@ -158,11 +158,15 @@ async def test_cancel_asks_first_then_stops_and_retry_resumes_to_complete(
 ):
     from converters.wire.pairing import Pairing
 
-    disk = loop_disks("big", size_mib=96, fill_mib=48)
-    # A slow link, so the capture is still running when the cancel comes
-    # however fast this host sends.
+    # More 8 MiB chunks (12) than senders (8), so that some are not yet
+    # sent when the link stalls and the cancel has something to stop.
+    disk = loop_disks("big", size_mib=128, fill_mib=96)
+    # The link stalls once the capture is under way and stays stalled until
+    # the cancel is confirmed: the capture cannot finish first, however fast
+    # this host sends or however slowly the pilot presses keys (CI once saw
+    # a 1 MiB/s link finish in 9 s before the cancel came).
     proxy = Proxy(pairing.port)
-    proxy.rate = 1 << 20
+    proxy.hold_after = 4 << 20
     via = Pairing(pairing.host, proxy.port, pairing.fingerprint, pairing.secret)
     app = create_app(include_loop=True)
     try:
@@ -170,12 +174,16 @@ async def test_cancel_asks_first_then_stops_and_retry_resumes_to_complete(
             await fill_p2v(pilot, str(via), [disk.name], "stopped")
             await pilot.press("ctrl+g")
             await wait_for(pilot, lambda: isinstance(app.screen, ProgressScreen))
+            await wait_for(pilot, proxy.held.is_set, 60, "the stalled link")
+            progress = app.screen
             await pilot.press("c")
             assert screen_name(app) == "ConfirmModal"
             await pilot.press("y")
+            await wait_for(pilot, lambda: progress.flow.stop.is_set(), 10, "cancel")
+            proxy.release()
             done = await finished(pilot)
             assert done.outcome.title == "Capture stopped", done.outcome
-            proxy.rate = None
+            assert "retry resumes" in done.outcome.sentence
             await pilot.press("r")  # retry resumes the same session
             done = await finished(pilot)
             assert done.outcome.ok, done.outcome
