@@ -104,9 +104,13 @@ def loop(path: Path, *, offset: int = 0, length: int = 0, read_only=True):
     """A loop device over ``path`` (or a window of it), detached on exit."""
     args = ["losetup", "--find", "--show"]
     if read_only:
-        # Reads bypass the page cache of the backing file: each run reads
-        # the disk, as a live system reads its own disk once.
-        args += ["--read-only", "--direct-io=on"]
+        args += ["--read-only"]
+    # Reads and writes bypass the page cache of the backing file, as they
+    # would a real disk's: each run reads the disk, as a live system reads
+    # its own disk once, and a write is on the file when the device says so
+    # (buffered, a flush of the device wrote back everything written since
+    # the last one while the loop device held every other request).
+    args += ["--direct-io=on"]
     if offset:
         args += ["--offset", str(offset)]
     if length:
