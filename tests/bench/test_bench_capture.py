@@ -27,7 +27,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,6 +61,16 @@ ROUNDS = int(os.environ.get("FERRY_BENCH_ROUNDS", "1"))
 # lo-nbdcopy): for measuring one change to one tool; the table is then
 # partial and says so only by its missing rows. Default: all of them.
 ROWS = set(os.environ.get("FERRY_BENCH_ROWS", "a,b,c,lo-ferry,lo-nbdcopy").split(","))
+# Where the receiving side keeps what it receives (every row's output):
+# "ram" (default), a folder in /dev/shm, or "disk", the bench's folder on
+# this VM's one disk. The rows compare transfers, and this VM's disk is
+# not a KVM host's storage: writing a new qcow2 on it, qemu-nbd stalled for
+# 0.2-0.4 s at a time (ext4's journal and flushes on the virtual disk; the
+# client and the server both idle, the link empty), which no row can hide
+# and the link limit (d) knows nothing of. "disk" measures that too.
+STORE = os.environ.get("FERRY_BENCH_STORE", "ram")
+# The largest output: (b)'s qcow2 holds every used and deleted block.
+STORE_NEEDS = 5 * GiB
 TIME_TARGETS = {
     "b": "<= 0.4 x the time of (b)",
     "c": "no slower than (c)",
@@ -109,7 +121,8 @@ class Env:
     link: Link
     loops: SourceLoops
     emap: ExtentMap
-    folder: Path
+    folder: Path  # logs, sockets, the comparison's overlays
+    store: Path  # what the receiving side writes: serve storage, images
     report: Report
 
 
@@ -130,7 +143,7 @@ def ferry_row(key: str, env: Env, side: str, host: str) -> Row:
     """``ferry serve`` on ``side``'s ``host``, ``ferry capture`` on the
     source side: across the shaped link, or both on one loopback."""
     procs, link, loops = env.procs, env.link, env.loops
-    storage = env.folder / f"storage-{key}"
+    storage = env.store / f"storage-{key}"
     serve_name, capture_name = f"serve-{key}", f"capture-{key}"
     serve, pairing = start_serve(procs, link, side, host, storage, serve_name)
     disk = Path(loops.whole).name
@@ -266,7 +279,7 @@ def nbdcopy_row(key: str, env: Env, ssh: Ssh | None) -> Row:
     the source side's loopback and the receiver reaches it through an ssh
     tunnel, as virt-p2v does; without, all three meet on unix sockets."""
     procs, link, loops, folder = env.procs, env.link, env.loops, env.folder
-    image = folder / f"p2v-{key}.qcow2"
+    image = env.store / f"p2v-{key}.qcow2"
     made = run("qemu-img", "create", "-q", "-f", "qcow2", image, loops.disk.size)
     made.check_returncode()
     out_sock = folder / f"qemu-nbd-{key}.sock"
@@ -328,7 +341,7 @@ def clonezilla_row(env: Env, ssh: Ssh) -> Row:
     ssh into one file on the receiver side."""
     loops, folder = env.loops, env.folder
     size, first = loops.disk.size, loops.disk.part_offset
-    out = folder / "clonezilla.ptcl.zst"
+    out = env.store / "clonezilla.ptcl.zst"
     script = (
         "set -o pipefail; { "
         f"dd if={loops.whole} bs={first} count=1 status=none && "
@@ -366,10 +379,30 @@ def limit_row(disk: SourceDisk) -> Row:
 # --- the run ---------------------------------------------------------------
 
 
-def test_capture_bench(source_loops, procs, link, bench_dir):
-    env = Env(
-        procs, link, source_loops, map_disk(source_loops.whole), bench_dir, Report()
-    )
+@pytest.fixture
+def store(bench_dir: Path) -> Iterator[Path]:
+    """The receiving side's storage (STORE), emptied after the run."""
+    if STORE == "disk":
+        yield bench_dir
+        return
+    if STORE != "ram":
+        pytest.fail(f"FERRY_BENCH_STORE={STORE!r}: ram or disk")
+    free = shutil.disk_usage("/dev/shm").free
+    if free < STORE_NEEDS:
+        pytest.fail(
+            f"/dev/shm has {free / GiB:.1f} GiB free, the rows need "
+            f"{STORE_NEEDS / GiB:.0f} GiB; FERRY_BENCH_STORE=disk writes to disk"
+        )
+    path = Path(tempfile.mkdtemp(prefix="ferry-bench-", dir="/dev/shm"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def test_capture_bench(source_loops, procs, link, bench_dir, store):
+    emap = map_disk(source_loops.whole)
+    env = Env(procs, link, source_loops, emap, bench_dir, store, Report())
     rows, local = env.report.rows, env.report.local
     try:
         ssh = Ssh(procs, link, bench_dir / "ssh")
@@ -420,7 +453,12 @@ def render(env: Env) -> str:
         "",
         f"Link: veth between two network namespaces, tc tbf rate {RATE} burst "
         f"{BURST} latency {LATENCY} on both ends. Bytes on the wire: tx_bytes "
-        "of both veth ends (MB = 10^6 bytes).",
+        "of both veth ends (MB = 10^6 bytes). The receiving side writes to "
+        + (
+            "RAM (/dev/shm; FERRY_BENCH_STORE=disk for this VM's disk)."
+            if STORE == "ram"
+            else "this VM's disk (FERRY_BENCH_STORE=disk)."
+        ),
         "",
         "| row | what | wall s | MB on the wire | x (b) | x (d) | CPU s | load |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
