@@ -283,6 +283,8 @@ def nbdcopy_row(key: str, env: Env, ssh: Ssh | None) -> Row:
     made = run("qemu-img", "create", "-q", "-f", "qcow2", image, loops.disk.size)
     made.check_returncode()
     out_sock = folder / f"qemu-nbd-{key}.sock"
+    # An earlier round's sockets stay behind (FERRY_BENCH_ROUNDS > 1).
+    out_sock.unlink(missing_ok=True)
     # The options ferry serve gives its own qemu-nbd (backends/qcow2.py).
     qemu_nbd = ["qemu-nbd", "--format=qcow2", f"--socket={out_sock}", "--shared=8"]
     qemu_nbd += ["--persistent", "--cache=none", "--aio=threads", "--discard=unmap"]
@@ -292,6 +294,7 @@ def nbdcopy_row(key: str, env: Env, ssh: Ssh | None) -> Row:
         source_uri = f"nbd://127.0.0.1:{NBD_PORT}"
     else:
         in_sock = folder / f"nbdkit-{key}.sock"
+        in_sock.unlink(missing_ok=True)
         listen = ["--unix", str(in_sock)]
         source_uri = f"nbd+unix:///?socket={in_sock}"
     nbdkit = ["nbdkit", "--foreground", "--readonly", *listen]
