@@ -276,7 +276,7 @@ class _Unflushed:
     device kept the image in dirty pages of its backing file; with the
     bench's loop device now as direct as a disk, each such flush stalled
     every writer for 0.3-0.5 s (the loop device runs a flush before any
-    request behind it) and the run took 15.9-17.3 s against 15.2-15.5 s
+    request behind it): single runs took 14.9-17.3 s with it, 15.2-15.5 s
     without."""
 
     def __init__(self, every: int | None) -> None:
