@@ -67,9 +67,6 @@ class WriteOptions:
     chunk_size: int = CHUNK_SIZE
     # Parts of the disk written at once (_work_items).
     spans: int = 2
-    # A flush after this many bytes written (_Unflushed); None: only the
-    # flushes around the partition tables.
-    flush_every: int | None = None
     verify: bool = True
 
 
@@ -204,12 +201,20 @@ def _pump(
     source, target, emap: ExtentMap, stats, progress, options, journal=None
 ) -> None:
     """Writes the DATA and ZERO extents of ``emap`` (SKIP is left alone),
-    each DATA chunk checked by reading it back (``options.verify``)."""
+    each DATA chunk checked by reading it back (``options.verify``).
+
+    No flush on the way: the writes are O_DIRECT, so a flush only empties
+    the disk's volatile cache, which nothing needs before the flushes
+    around the partition tables (the journal lives in /run, which a power
+    cut loses too). Session 4 flushed every 256 MiB while the bench's loop
+    device wrote through its backing file's page cache; with it as direct
+    as a disk, each such flush stalled every writer for 0.3-0.5 s (the
+    loop device runs a flush before any request behind it): single runs
+    took 14.9-17.3 s with it, 15.2-15.5 s without."""
     items: queue.Queue = queue.Queue(maxsize=options.workers * 2)
     failures: list[BaseException] = []
     stop = threading.Event()
     lock = threading.Lock()
-    unflushed = _Unflushed(options.flush_every)
 
     def work() -> None:
         buf = aligned_buffer(options.chunk_size)
@@ -227,8 +232,6 @@ def _pump(
                         _verify_one(target, done, back, stats, lock)
                     if journal is not None and not done.resumed:
                         journal.wrote(done.offset, done.length, done.digest)
-                    if not done.resumed and unflushed.add(done.length):
-                        target.flush()
                 if ext.kind is ExtentKind.DATA:
                     progress.add(ext.length)
         except BaseException as e:
@@ -264,36 +267,6 @@ def _pump(
             t.join()
     if failures:
         raise failures[0]
-
-
-class _Unflushed:
-    """Bytes written since the last flush, for a flush every so many.
-
-    Off by default: the writes are O_DIRECT, so a flush only empties the
-    disk's volatile cache, and nothing needs that before the flush around
-    the partition tables (the journal lives in /run, which a power cut
-    loses too). Session 4 flushed every 256 MiB because the bench's loop
-    device kept the image in dirty pages of its backing file; with the
-    bench's loop device now as direct as a disk, each such flush stalled
-    every writer for 0.3-0.5 s (the loop device runs a flush before any
-    request behind it): single runs took 14.9-17.3 s with it, 15.2-15.5 s
-    without."""
-
-    def __init__(self, every: int | None) -> None:
-        self.every = every
-        self.bytes = 0
-        self._lock = threading.Lock()
-
-    def add(self, n: int) -> bool:
-        """True (once) when ``every`` bytes have gathered: flush them."""
-        if self.every is None:
-            return False
-        with self._lock:
-            self.bytes += n
-            if self.bytes < self.every:
-                return False
-            self.bytes = 0
-            return True
 
 
 def _drain(items: queue.Queue) -> None:

@@ -34,12 +34,3 @@ def test_two_spans_alternate_between_the_halves_of_the_data_with_the_same_items(
 def test_an_image_without_data_is_only_zeroed():
     emap = ExtentMap(64 * MiB, [Extent(0, 64 * MiB, Z)])
     assert ranges(_work_items(emap, 8 * MiB, 2)) == [(0, 64, Z)]
-
-
-def test_no_flush_mid_way_by_default_and_one_per_threshold_when_asked():
-    from converters.deploy_write import WriteOptions, _Unflushed
-
-    default = _Unflushed(WriteOptions().flush_every)
-    assert not any(default.add(8 << 20) for _ in range(1000))
-    every = _Unflushed(24)
-    assert [every.add(8) for _ in range(6)] == [False, False, True] * 2
