@@ -16,7 +16,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from converters import deploy_fixups, deploy_grow, deploy_shrink, deploy_uefi_layout
+from converters import (
+    deploy_fixups,
+    deploy_grow,
+    deploy_report,
+    deploy_shrink,
+    deploy_uefi_layout,
+    first_boot_report,
+)
 from converters.deploy_journal import DeployJournal
 from converters.deploy_plan import (
     DeployError,
@@ -153,6 +160,33 @@ def _shrink_plan(image, disk, events: EventStream) -> deploy_shrink.ShrinkPlan:
     return shrink
 
 
+def _report_registrar(request: DeployRequest, hardware, events: EventStream):
+    """What registers the deployed system's first-boot report with the
+    server the image comes from; None when there is none to report to."""
+    if not request.report:
+        if isinstance(request.image, ImageInfo):
+            events.log("first-boot report: off: the machine will not report")
+        return None
+    if not isinstance(request.image, ImageInfo):
+        events.log(
+            "first-boot report: off: the image is a file or URL, there is no "
+            "ferry serve to report to"
+        )
+        return None
+    pairing = Pairing.parse(request.image.server)
+    image = request.image.name
+
+    def register(hostname: str) -> first_boot_report.Credential:
+        try:
+            return deploy_report.register(pairing, hostname, image, hardware.macs)
+        except (WireError, OSError, ValueError) as e:
+            raise first_boot_report.NotArmed(
+                f"ferry serve at {pairing.address} did not register it: {e}"
+            ) from e
+
+    return register
+
+
 def deploy(
     request: DeployRequest,
     events: EventStream | None = None,
@@ -244,6 +278,7 @@ def deploy(
                 first.image_disk,
                 events,
                 tuple((d.target.path, d.image_disk) for d in plan.disks[1:]),
+                _report_registrar(request, hardware, events),
             )
         except FixupError as e:
             raise DeployError(

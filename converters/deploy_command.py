@@ -1,5 +1,6 @@
 """`ferry deploy --image SOURCE --target DISK[,DISK2] --confirm NAME_OR_SERIAL
-[--server PAIRING] [--hostname H] [--no-grow] [--shrink] [--no-fixups]`, and
+[--server PAIRING] [--hostname H] [--no-grow] [--shrink] [--no-fixups]
+[--no-report]`, and
 `ferry deploy --server PAIRING --list`.
 
 SOURCE is the name of an image on the server given with --server, or else
@@ -49,6 +50,12 @@ def register(subparsers) -> None:
         action="store_true",
         help="a raw copy: do not adapt the system to this machine",
     )
+    p.add_argument(
+        "--no-report",
+        action="store_true",
+        help="with --server: the deployed system does not report its first "
+        "boot to the server (on by default; a file or URL never reports)",
+    )
     p.set_defaults(func=main)
 
 
@@ -94,10 +101,17 @@ def main(args) -> int:
             grow=not args.no_grow,
             shrink=args.shrink,
             fixups=not args.no_fixups,
+            report=bool(args.server) and not args.no_report,
         )
         events = EventStream()
         events.subscribe(print_listener(sys.stderr))
-        engine.deploy(request, events)
+        result = engine.deploy(request, events)
     except (engine.DeployError, WireError, ValueError) as e:
         raise FerryError(str(e)) from None
+    armed = result.fixups.first_boot if result.fixups else None
+    if armed:
+        print(
+            f"{armed.hostname} will report its first boot to ferry serve at "
+            f"{armed.server} (report {armed.report_id}; GET /v1/reports lists it)"
+        )
     return 0

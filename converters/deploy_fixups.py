@@ -17,9 +17,11 @@ import re
 import struct
 import subprocess
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from converters import first_boot_report
 from converters.events import EventStream
 from converters.fixups import chroot_backend, nic_names, pipeline
 from converters.fixups.device_names import SourceDisk
@@ -54,6 +56,7 @@ class FixupReport:
     pins: list[tuple[str, str]] = field(default_factory=list)  # name, mac
     modules: tuple[str, ...] = ()
     bootloader: str = ""
+    first_boot: first_boot_report.Armed | None = None
 
 
 def live_firmware() -> str:
@@ -152,6 +155,11 @@ def set_hostname(guest: GuestOS, name: str) -> None:
                 line = " ".join(name if f == old else f for f in fields)
             lines.append(line)
         guest.write("/etc/hosts", "\n".join(lines) + "\n")
+
+
+def _image_hostname(guest: GuestOS) -> str:
+    name = guest.read("/etc/hostname").strip() if guest.is_file("/etc/hostname") else ""
+    return name or "localhost"
 
 
 def mask_virtual_only(guest: GuestOS) -> list[str]:
@@ -291,9 +299,13 @@ def fix(
     image_disk: str,
     events: EventStream,
     more: tuple[tuple[str, str], ...] = (),
+    register_report: Callable[[str], first_boot_report.Credential] | None = None,
 ) -> FixupReport:
     """``more``: the other disks, (target path, image disk name) in image
-    order; their filesystems are mounted and named by UUID too."""
+    order; their filesystems are mounted and named by UUID too.
+    ``register_report`` registers the deployed system's first-boot report
+    under its host name (deploy.py); its credential and unit go into the
+    system."""
     report = FixupReport()
     _reread_partitions(target)
     for path, _ in more:
@@ -331,6 +343,12 @@ def fix(
             events.log(f"hostname: {report.hostname}")
         for unit in mask_virtual_only(guest):
             events.log(f"agents: masked {unit} (virtual machines only)")
+        if register_report is not None:
+            events.step("first-boot report", "")
+            name = report.hostname or _image_hostname(guest)
+            report.first_boot = first_boot_report.arm(
+                guest, register_report, name, events
+            )
         if hardware.firmware != "uefi":
             events.step("bootloader", hardware.firmware)
             report.bootloader = install_bootloader(

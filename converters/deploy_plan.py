@@ -39,6 +39,10 @@ class DeployRequest:
     fixups: bool = True
     # The hardware to fix for; None: this machine (deploy_fixups.this_machine).
     hardware: object = None
+    # Leave a first-boot report for the ferry serve the image comes from
+    # (converters/first_boot_report.py); an image from a file or URL has no
+    # server to report to.
+    report: bool = False
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from converters.wire.protocol import NAME_RE
 PREFIX = "ferry."
 MODES = ("p2v", "v2p", "shell")
 POSTS = ("reboot", "poweroff", "shell")
+SWITCH = ("0", "1")
 UNATTENDED = ("p2v", "v2p")
 # Every key, with what it means (the console's hints; docs/unattended.md).
 KEYS = {
@@ -42,6 +43,8 @@ KEYS = {
     "ferry.confirm": "v2p: the same disk names again, to allow erasing them",
     "ferry.hostname": "v2p: host name of the deployed system",
     "ferry.post": "after a successful run: reboot, poweroff or shell",
+    "ferry.report": "v2p: 1 (default) the deployed system reports its first "
+    "boot to ferry serve, 0 it does not",
 }
 # Keys that mean something in one mode only, and are reported elsewhere.
 ONLY_IN = {
@@ -51,6 +54,7 @@ ONLY_IN = {
     "ferry.target": "v2p",
     "ferry.confirm": "v2p",
     "ferry.hostname": "v2p",
+    "ferry.report": "v2p",
 }
 _DISK = re.compile(r"^(/dev/)?[A-Za-z0-9][A-Za-z0-9._:+-]*(/[A-Za-z0-9._:+-]+)*$")
 _LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
@@ -83,6 +87,7 @@ class BootKeys:
     confirm: tuple[str, ...] = ()
     hostname: str | None = None
     post: str = "shell"
+    report: bool = True  # v2p: the deployed system reports its first boot
     problems: tuple[Problem, ...] = ()
     given: dict[str, str] = field(default_factory=dict, compare=False)
 
@@ -178,6 +183,10 @@ class _Parser:
         )
         return None
 
+    def switch(self, key: str, value: str) -> bool | None:
+        chosen = self.choice(key, value, SWITCH)
+        return None if chosen is None else chosen == "1"
+
     def hostname(self, key: str, value: str) -> str | None:
         # {mac} and {serial} name each machine of a lab (converters/deploy):
         # the name is checked as it will read with them filled in.
@@ -200,6 +209,7 @@ class _Parser:
             "ferry.name": self.label,
             "ferry.image": self.label,
             "ferry.hostname": self.hostname,
+            "ferry.report": self.switch,
         }
         self.values[key] = readers[key](key, value)
 
@@ -289,9 +299,10 @@ def describe(keys: BootKeys) -> str:
     if keys.mode == "p2v":
         disks = ",".join(keys.disks) if keys.disks else "all fixed disks"
         return f"unattended P2V of {disks} to {where}, then {keys.post}"
+    quiet = "" if keys.report else " (no first-boot report)"
     return (
         f"unattended V2P of image {keys.image} onto {','.join(keys.target)} "
-        f"from {where}, then {keys.post}"
+        f"from {where}, then {keys.post}{quiet}"
     )
 
 

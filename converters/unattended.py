@@ -216,6 +216,7 @@ def v2p_request(keys: BootKeys, out: Consoles, wait: float = SERVER_WAIT):
         targets=list(zip(disks, targets, strict=False)),
         confirm=list(keys.confirm),
         hostname=keys.hostname,
+        report=keys.report,
     )
 
 

@@ -21,7 +21,7 @@ from aiohttp import web
 
 import converters
 
-from . import autoconvert, bundle, images, protocol, storage
+from . import autoconvert, bundle, images, protocol, reports, storage
 from .errors import BadRequest, PayloadTooLarge, Unauthorized, WireError
 from .pairing import Identity
 from .protocol import API, BODY_SLACK, CHECKSUM_HEADER, MAX_CHUNK
@@ -81,6 +81,7 @@ def create_app(storage_dir: Path, secret: str, settings: Settings | None = None)
     r.add_view(f"{disk}/extents", ExtentsView)
     images.setup(app, storage_dir, state.registry, executor)
     bundle.setup(app, storage_dir)
+    reports.setup(app, storage_dir)
     app.on_startup.append(_startup)
     app.on_cleanup.append(_cleanup)
     autoconvert.install(app, storage_dir, settings.convert)
@@ -121,6 +122,22 @@ def _auth(secret: bytes):
     @web.middleware
     async def auth(request: web.Request, handler):
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if reports.is_report(request):
+            # A deployed machine's first-boot report: its slot's one-use
+            # secret, never the pairing token (reports.py).
+            if scheme.lower() != "bearer":
+                raise Unauthorized(reason="wrong or missing report secret")
+            try:
+                reports.authorize(request, token.strip())
+            except WireError as e:
+                log.warning(
+                    "AUTH denied report peer=%s path=%s: %s",
+                    request.remote,
+                    request.path,
+                    e,
+                )
+                raise
+            return await handler(request)
         # compare_digest: the time taken does not tell how much of a guess
         # was right.
         if scheme.lower() != "bearer" or not hmac.compare_digest(
