@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from converters.fixups.guest import Filesystem, GuestCommandError, Mount
+from tests.unit import debian_kernel_modules
 
 
 class FakeGuest:
@@ -82,16 +83,8 @@ class FakeGuest:
         return self._filesystems
 
 
-VIRTIO_DEP = "".join(
-    f"kernel/drivers/{d}/{m}.ko: \n"
-    for d, m in [
-        ("virtio", "virtio_pci"),
-        ("block", "virtio_blk"),
-        ("scsi", "virtio_scsi"),
-        ("net", "virtio_net"),
-        ("char", "virtio_console"),
-    ]
-)
+# Real modules.dep lines: the virtio drivers with virtio and virtio_ring.
+VIRTIO_DEP = debian_kernel_modules.DEP
 DEBIAN = 'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nID=debian\nVERSION_ID="12"\n'
 FEDORA = (
     'NAME="Fedora Linux"\nID=fedora\nVERSION_ID=39\nPRETTY_NAME="Fedora Linux 39"\n'
