@@ -139,6 +139,9 @@ clean() { printf '%s' "$1" | tr -cd 'A-Za-z0-9._:-'; }
 remove_all() {
     rm -f @INSTALLED@
     rmdir @CONF_DIR@ 2>/dev/null
+    # A machine switched off right after its first boot must not come
+    # back with the credential.
+    sync
     return 0
 }
 

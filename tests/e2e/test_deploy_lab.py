@@ -1,5 +1,7 @@
 """Lab imaging through the live environment: one `ferry serve` offers the
-vm-virtio machine's disk (virtio drivers only, MBR, BIOS grub); two machines
+vm-virtio-dracut machine's disk (MBR, BIOS grub, a dracut initramfs with
+virtio drivers only, whose configuration omits the AHCI drivers and the
+modules they depend on, as builds for one kind of hardware do); two machines
 boot the unattended ISO at the same time with `ferry.mode=v2p` and a
 hostname pattern, and each deploys the image onto its own blank 4 GiB disk,
 1 GiB larger than the image, then powers off:
@@ -12,6 +14,13 @@ hostname pattern, and each deploys the image onto its own blank 4 GiB disk,
   NVRAM entry and the fallback EFI/BOOT/BOOTX64.EFI; the disk boots through
   that entry (the VARS file the deploy wrote), and again through the
   fallback path with fresh NVRAM.
+
+Each deploy registers a first-boot report with the server (waiting until
+the disk boots); the server keeps running while the deployed disks boot,
+which reach it at 10.0.2.2, and each machine's report arrives with its lab
+host name, NIC, MAC and address. The two boots of the UEFI disk share its
+one report: one makes it, the other is refused. After the boots, the
+report's unit, script and credential are gone from every disk.
 
 Negative control for UEFI: the image as it is (no fixups) on physical-uefi,
 where OVMF finds no loader. (The BIOS one, written raw it does not boot on
@@ -34,6 +43,7 @@ from pathlib import Path
 
 import pytest
 
+from converters import deploy_report, first_boot_report
 from converters.wire.pairing import Pairing
 from tests.e2e.live_helpers import MEMORY_MB, assert_ready_on, ready_fields
 from tests.harness.profiles import OVMF_VARS, PROFILES
@@ -43,12 +53,16 @@ pytestmark = [pytest.mark.slow, pytest.mark.image]
 
 GiB, MiB = 1 << 30, 1 << 20
 TARGET_SIZE = 4 * GiB
-IMAGE = "vm-virtio"
+IMAGE = "vm-virtio-dracut"
 MACS = {"physical-bios": "52:54:00:fe:07:01", "physical-uefi": "52:54:00:fe:07:02"}
 # Under TCG the guest's TLS, the write and the initramfs rebuild in the
 # chroot all run emulated, two machines at once.
 DEPLOY_TIMEOUT = 2400
 BOOT_TIMEOUT = 900
+# From the boot marker: the report waits for network-online, then curl's
+# TLS handshake runs emulated.
+REPORT_TIMEOUT = 600
+REPORTED = re.compile(r"ferry-first-boot-report: (reported|.* refused|.* not answer).*")
 DONE = re.compile(r"FERRY-UNATTENDED-(DONE|FAILED) .*")
 ESP_TYPE = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
 # OVMF names what it boots on the console
@@ -103,52 +117,73 @@ def lab(live_image, machine_builder, tmp_path_factory):
     server = Serve(work / "storage", work / "serve.log")
     pairing = server.start()
     machines: dict[str, LabMachine] = {}
-    with ExitStack() as stack:
-        stack.callback(server.end_orphans)
-        stack.callback(server.stop)
-        offer(server.storage, machine.disk)
-        # QEMU's user network shows the host's loopback as 10.0.2.2.
-        seen = Pairing("10.0.2.2", pairing.port, pairing.fingerprint, pairing.secret)
-        keys = (
-            f"ferry.mode=v2p {seen.kernel_keys()} ferry.image={IMAGE} "
-            "ferry.target=sda ferry.confirm=sda ferry.hostname=lab-{mac} "
-            "ferry.post=poweroff"
-        )
-        iso = build.unattended_iso(live_image, work / "v2p.iso", keys)
-        vms = {}
-        for name, mac in MACS.items():
-            folder = work / name
-            folder.mkdir()
-            disk = folder / "disk.raw"
-            subprocess.run(["truncate", "-s", str(TARGET_SIZE), disk], check=True)
-            vm = QemuMachine(
-                PROFILES[name], folder, [disk], cdrom=iso, mac=mac, memory_mb=MEMORY_MB
+    # The server outlives this fixture's machines: the deployed disks
+    # report to it when they boot (the `booted` fixture).
+    with ExitStack() as serving:
+        serving.callback(server.end_orphans)
+        serving.callback(server.stop)
+        with ExitStack() as stack:
+            offer(server.storage, machine.disk)
+            # QEMU's user network shows the host's loopback as 10.0.2.2.
+            seen = Pairing(
+                "10.0.2.2", pairing.port, pairing.fingerprint, pairing.secret
             )
-            vms[name] = stack.enter_context(vm)
-        # both boot at once; the ready line's uptime= is each one's own time
-        readies = {name: ready_fields(vm) for name, vm in vms.items()}
-        for name, vm in vms.items():
-            ready = readies[name]
-            left = DEPLOY_TIMEOUT - (time.monotonic() - vm.started)
-            done = vm.wait_for(DONE, max(left, 1))
-            # ferry.post=poweroff ends QEMU (-no-reboot)
-            powered_off = vm.proc.wait(180) if done else None
-            wall = time.monotonic() - vm.started
-            machines[name] = LabMachine(
-                name,
-                vm.workdir,
-                vm.disks[0],
-                ready,
-                done.group(0) if done else "",
-                powered_off,
-                vm.console(),
-                wall,
+            keys = (
+                f"ferry.mode=v2p {seen.kernel_keys()} ferry.image={IMAGE} "
+                "ferry.target=sda ferry.confirm=sda ferry.hostname=lab-{mac} "
+                "ferry.post=poweroff"
             )
-        reads = server_reads(pairing)
-    print(f"lab: server reads {reads}")
-    yield machine, machines, reads
+            iso = build.unattended_iso(live_image, work / "v2p.iso", keys)
+            vms = {}
+            for name, mac in MACS.items():
+                folder = work / name
+                folder.mkdir()
+                disk = folder / "disk.raw"
+                subprocess.run(["truncate", "-s", str(TARGET_SIZE), disk], check=True)
+                vm = QemuMachine(
+                    PROFILES[name],
+                    folder,
+                    [disk],
+                    cdrom=iso,
+                    mac=mac,
+                    memory_mb=MEMORY_MB,
+                )
+                vms[name] = stack.enter_context(vm)
+            # both boot at once; the ready line's uptime= is each one's own time
+            readies = {name: ready_fields(vm) for name, vm in vms.items()}
+            for name, vm in vms.items():
+                ready = readies[name]
+                left = DEPLOY_TIMEOUT - (time.monotonic() - vm.started)
+                done = vm.wait_for(DONE, max(left, 1))
+                # ferry.post=poweroff ends QEMU (-no-reboot)
+                powered_off = vm.proc.wait(180) if done else None
+                wall = time.monotonic() - vm.started
+                machines[name] = LabMachine(
+                    name,
+                    vm.workdir,
+                    vm.disks[0],
+                    ready,
+                    done.group(0) if done else "",
+                    powered_off,
+                    vm.console(),
+                    wall,
+                )
+            reads = server_reads(pairing)
+            waiting = deploy_report.list_reports(pairing, IMAGE)
+        print(f"lab: server reads {reads}")
+        yield Lab(machine, machines, reads, server, pairing, waiting)
     for m in machines.values():
         m.disk.unlink(missing_ok=True)
+
+
+@dataclass
+class Lab:
+    machine: object  # the image's BuiltMachine
+    machines: dict[str, LabMachine]
+    reads: dict
+    server: object  # the Serve, running until the module's boots are done
+    pairing: Pairing
+    waiting: list  # the report slots right after the deploys
 
 
 def _table(disk: Path) -> dict:
@@ -187,7 +222,7 @@ def esp_files(disk: Path, offset: int, folder: str) -> list[str]:
 
 @pytest.mark.timeout(3600)
 def test_two_machines_deploy_the_image_at_once_from_one_server(lab, workdir):
-    _, machines, reads = lab
+    machines, reads = lab.machines, lab.reads
     for m in machines.values():
         (workdir / f"console-live-{m.profile}.log").write_text(m.console)
     for name, m in machines.items():
@@ -207,7 +242,7 @@ def test_two_machines_deploy_the_image_at_once_from_one_server(lab, workdir):
 
 
 def test_on_physical_bios_the_root_filesystem_fills_the_larger_disk(lab):
-    _, machines, _ = lab
+    machines = lab.machines
     m = machines["physical-bios"]
     table = _table(m.disk)
     assert table["label"] == "dos"
@@ -219,7 +254,7 @@ def test_on_physical_bios_the_root_filesystem_fills_the_larger_disk(lab):
 
 
 def test_on_physical_uefi_a_bios_image_gets_gpt_grown_root_esp_grub_nvram(lab):
-    _, machines, _ = lab
+    machines = lab.machines
     m = machines["physical-uefi"]
     table = _table(m.disk)
     assert table["label"] == "gpt"
@@ -246,6 +281,54 @@ class Boot:
     vm: QemuMachine
     marker: object = None
     starting: re.Match | None = None
+    reported: str = ""  # the report script's last line on the console
+    left: list[str] | None = None  # the report's files still on the disk
+
+
+class Boots(dict):
+    """Boot by key, and the server's report slots after them."""
+
+    reports: list = []
+
+
+def wait_for_reports(pairing: Pairing, hosts: set[str], timeout: float) -> list:
+    """The server's report slots once every host in ``hosts`` is up, or
+    as they are after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        slots = deploy_report.list_reports(pairing, IMAGE)
+        up = {s.hostname for s in slots if s.state == "up"}
+        if hosts <= up or time.monotonic() > deadline:
+            return slots
+        time.sleep(5)
+
+
+def report_files_left(disks: dict[str, Path]) -> dict[str, list[str]]:
+    """For each disk (qcow2, its guest shut off or killed after the
+    script's sync), the report's paths that exist on its root filesystem
+    (partition 1 on every deployed disk here): guestfs mounts a throwaway
+    overlay, so ext4 replays its journal as the next boot would."""
+    import guestfs
+
+    from converters import accel
+
+    g = guestfs.GuestFS(python_return_dict=True)
+    g.set_backend("direct")
+    g.set_backend_settings(accel.detect().guestfs_settings())
+    for disk in disks.values():
+        g.add_drive_opts(str(disk), format="qcow2", readonly=True)
+    g.launch()
+    found = {}
+    try:
+        paths = (*first_boot_report.INSTALLED, first_boot_report.CONF_DIR)
+        for i, key in enumerate(disks):
+            g.mount_ro(f"/dev/sd{'abcdefgh'[i]}1", "/")
+            found[key] = [p for p in paths if g.exists(p) or g.is_symlink(p)]
+            g.umount_all()
+    finally:
+        g.shutdown()
+        g.close()
+    return found
 
 
 @pytest.fixture(scope="module")
@@ -254,7 +337,7 @@ def booted(lab, tmp_path_factory):
     all at once: physical-bios; physical-uefi with the NVRAM the deploy
     wrote; physical-uefi with fresh NVRAM (the fallback path); the image as
     it is on physical-uefi."""
-    machine, machines, _ = lab
+    machine, machines = lab.machine, lab.machines
     work = tmp_path_factory.mktemp("lab-boots")
     bios, uefi = machines["physical-bios"], machines["physical-uefi"]
     plans = {
@@ -263,7 +346,7 @@ def booted(lab, tmp_path_factory):
         "fallback": (uefi, "physical-uefi", None),
         "control": (None, "physical-uefi", None),
     }
-    boots: dict[str, Boot] = {}
+    boots = Boots()
     with ExitStack() as stack:
         for key, (deployed, profile, nvram) in plans.items():
             folder = work / key
@@ -282,6 +365,19 @@ def booted(lab, tmp_path_factory):
             else:
                 boot.marker = boot.vm.wait_marker(BOOT_TIMEOUT)
                 boot.starting = STARTING.search(boot.vm.console())
+        # The server is still up: the deployed systems report to it (those
+        # that booted: a boot that failed is its own test's failure).
+        hosts = {bios.hostname} if boots["bios"].marker else set()
+        if boots["nvram"].marker or boots["fallback"].marker:
+            hosts.add(uefi.hostname)
+        boots.reports = wait_for_reports(lab.pairing, hosts, REPORT_TIMEOUT)
+        for key, boot in boots.items():
+            if key != "control" and boot.marker:
+                found = boot.vm.wait_for(REPORTED, REPORT_TIMEOUT)
+                boot.reported = found.group(0) if found else ""
+    deployed = {k: b.vm.disks[0] for k, b in boots.items() if k != "control"}
+    for key, left in report_files_left(deployed).items():
+        boots[key].left = left
     yield boots
     for boot in boots.values():
         for disk in boot.vm.disks:
@@ -300,14 +396,14 @@ def _assert_lab_marker(boot: Boot, profile: str, machine) -> None:
 
 
 def test_the_bios_machine_boots_its_disk_with_its_own_hostname(lab, booted):
-    machine = lab[0]
+    machine = lab.machine
     _assert_lab_marker(booted["bios"], "physical-bios", machine)
     print(f"physical-bios: marker after {booted['bios'].marker.seconds:.0f} s")
 
 
 def test_the_uefi_machine_boots_through_its_nvram_entry(lab, booted):
     boot = booted["nvram"]
-    _assert_lab_marker(boot, "physical-uefi", lab[0])
+    _assert_lab_marker(boot, "physical-uefi", lab.machine)
     assert boot.starting, boot.vm.console()[-3000:]
     assert boot.starting.group(2) == "debian", boot.starting.group(0)
     assert boot.starting.group(3).endswith("\\EFI\\debian\\grubx64.efi")
@@ -316,7 +412,7 @@ def test_the_uefi_machine_boots_through_its_nvram_entry(lab, booted):
 
 def test_the_uefi_machine_boots_through_the_fallback_path_with_fresh_nvram(lab, booted):
     boot = booted["fallback"]
-    _assert_lab_marker(boot, "physical-uefi", lab[0])
+    _assert_lab_marker(boot, "physical-uefi", lab.machine)
     # OVMF's own entry for the disk, which loads \EFI\BOOT\BOOTX64.EFI
     assert boot.starting, boot.vm.console()[-3000:]
     assert boot.starting.group(2).startswith("UEFI QEMU HARDDISK")
@@ -327,3 +423,48 @@ def test_the_image_without_fixups_does_not_boot_on_physical_uefi(booted):
     boot = booted["control"]
     assert boot.starting, f"console ends with:\n{boot.vm.console()[-3000:]}"
     assert boot.marker is None
+
+
+def test_each_deploy_registered_a_report_that_waits_for_the_boot(lab):
+    slots = {s.hostname: s for s in lab.waiting}
+    assert set(slots) == {m.hostname for m in lab.machines.values()}
+    for name, m in lab.machines.items():
+        slot = slots[m.hostname]
+        # nothing is up before the deployed disk boots
+        assert (slot.state, slot.image, slot.macs) == ("waiting", IMAGE, (MACS[name],))
+        assert (
+            f"first-boot report: {m.hostname} will report to ferry serve at "
+            f"10.0.2.2:{lab.pairing.port}" in m.console
+        )
+
+
+def test_each_deployed_machine_reports_its_first_boot_to_the_server(lab, booted):
+    slots = {s.hostname: s for s in booted.reports}
+    log = lab.server.log.read_text()
+    for name, m in lab.machines.items():
+        slot = slots[m.hostname]
+        assert slot.state == "up", (slot, log[-3000:])
+        report = slot.report
+        assert report.hostname == m.hostname
+        # the NIC name the image's configuration uses, pinned to this
+        # machine's MAC, and its address from QEMU's DHCP
+        assert (report.nic, report.mac) == (lab.machine.recipe.nic, MACS[name])
+        assert report.addr.startswith("10.0.2."), report
+        assert report.boot_seconds > 0
+        line = (
+            f"REPORT up id={slot.id} host={m.hostname} nic={report.nic} "
+            f"mac={MACS[name]} addr={report.addr}"
+        )
+        assert line in log
+        print(f"{name}: reported at {report.boot_seconds:.0f} s of uptime")
+    assert booted["bios"].reported.startswith("ferry-first-boot-report: reported")
+    # the UEFI disk booted twice (its NVRAM entry, then the fallback path
+    # with fresh NVRAM): its one report was made once and refused after
+    lines = sorted(booted[k].reported for k in ("nvram", "fallback"))
+    assert "refused the report (HTTP 403)" in lines[0], lines
+    assert lines[1].startswith("ferry-first-boot-report: reported"), lines
+
+
+def test_the_report_removes_its_unit_script_and_credential_after_the_boot(booted):
+    for key in ("bios", "nvram", "fallback"):
+        assert booted[key].left == [], (key, booted[key].left)

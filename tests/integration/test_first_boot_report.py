@@ -151,7 +151,7 @@ def without_curl(tmp_path: Path) -> str:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for tool in ("sh", "cut", "tr", "cat", "rm", "rmdir", "getent", "awk", "ip",
-                 "sed", "head", "hostname", "python3", "sleep"):  # fmt: skip
+                 "sed", "head", "hostname", "python3", "sleep", "sync"):  # fmt: skip
         found = shutil.which(tool)
         if found:
             os.symlink("/usr/bin/python3" if tool == "python3" else found, bin_dir / tool)
