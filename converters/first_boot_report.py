@@ -268,8 +268,8 @@ def install(guest, cred: Credential) -> None:
     guest.write(CONF_PATH, conf_text(cred), mode=0o600)
     guest.mkdir_p("/usr/local/sbin")
     guest.write(SCRIPT_PATH, script_text(), mode=0o755)
-    guest.write(UNIT_PATH, UNIT_TEXT, mode=0o644)
     guest.mkdir_p("/etc/systemd/system/multi-user.target.wants")
+    guest.write(UNIT_PATH, UNIT_TEXT, mode=0o644)
     guest.run_command(["ln", "-sfn", UNIT_PATH, WANTS_PATH], quiet=True)
 
 
