@@ -139,6 +139,9 @@ def request(image: Image, mappings: list[Mapping], confirm: list[str], hostname:
         targets=[(m.image_disk.name, m.target.path) for m in mappings],
         confirm=confirm,
         hostname=hostname or None,
+        # An image from ferry serve: the deployed machine reports its first
+        # boot there (a file or URL has no server to report to).
+        report=image.native is not None,
     )
 
 

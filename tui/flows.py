@@ -32,6 +32,9 @@ class Outcome:
     sentence: str  # what happened, one sentence
     where: str = ""  # where the result is
     retry: Flow | None = None  # the same flow again (resumes a capture)
+    # V2P with a first-boot report armed: (pairing string, image name), for
+    # the view of the server's reports of that image.
+    reports: tuple[str, str] | None = None
 
 
 class Flow:
@@ -162,6 +165,24 @@ class _Lines:
         self.events.log(text)
 
 
+def deployed(sentence: str, targets: str, result, server: str, image: str):
+    """The Done outcome of a deploy; with its first-boot report armed, the
+    sentence says where the machine will report and the outcome can show
+    the server's reports of the image."""
+    fixups = getattr(result, "fixups", None)
+    armed = getattr(fixups, "first_boot", None)
+    if armed is None:
+        return Outcome(
+            True, "Deploy complete", sentence, f"disk {targets} of this machine"
+        )
+    sentence += (
+        f" On its first boot {armed.hostname} will report to ferry serve at "
+        f"{armed.server} (p shows the reports of {image})."
+    )
+    where = f"disk {targets} of this machine"
+    return Outcome(True, "Deploy complete", sentence, where, reports=(server, image))
+
+
 @dataclass
 class V2PFlow(Flow):
     """An image from the server (or a file) onto this machine's disks."""
@@ -190,12 +211,13 @@ class V2PFlow(Flow):
         )
         deploy_link.plan(req)
         self.writing = True
-        deploy_link.start(req, events)
-        return Outcome(
-            True,
-            "Deploy complete",
+        result = deploy_link.start(req, events)
+        return deployed(
             f"Wrote image {self.image.name} to {self.targets}.",
-            where=f"disk {self.targets} of this machine",
+            self.targets,
+            result,
+            self.image.source,
+            self.image.name,
         )
 
     def failed(self, err: BaseException) -> Outcome:
@@ -249,13 +271,14 @@ class UnattendedV2PFlow(Flow):
         events.step("plan", f"{self.boot.image} onto {self.targets}")
         engine.plan_deploy(request)  # every refusal before a byte is written
         self.writing = True
-        engine.deploy(request, events)
-        return Outcome(
-            True,
-            "Deploy complete",
+        result = engine.deploy(request, events)
+        return deployed(
             f"Wrote image {self.boot.image} to {self.targets} and made it boot "
             "on this machine.",
-            where=f"disk {self.targets} of this machine",
+            self.targets,
+            result,
+            request.image.server,
+            request.image.name,
         )
 
     def failed(self, err: BaseException) -> Outcome:

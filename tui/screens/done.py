@@ -37,6 +37,7 @@ class DoneScreen(Screen):
         Binding("o", "post('poweroff')", "Power off"),
         Binding("s", "post('shell')", "Shell"),
         Binding("m", "menu", "Menu"),
+        Binding("p", "reports", "Reports"),
     ]
 
     def __init__(self, outcome: Outcome, post: str | None = None) -> None:
@@ -91,6 +92,9 @@ class DoneScreen(Screen):
     def check_action(self, action: str, parameters: tuple) -> bool | None:
         if action == "retry":
             return self.outcome.retry is not None
+        if action == "reports":
+            # False hides the key: only a deploy that armed a report has any
+            return self.outcome.reports is not None
         return True
 
     def action_back(self) -> None:
@@ -104,6 +108,12 @@ class DoneScreen(Screen):
         if self.outcome.retry is not None:
             self.app.pop_screen()
             self.app.run_flow(self.outcome.retry)
+
+    def action_reports(self) -> None:
+        if self.outcome.reports is not None:
+            from tui.screens.reports import ReportsScreen
+
+            self.app.push_screen(ReportsScreen(*self.outcome.reports))
 
     def action_save_logs(self) -> None:
         from tui.screens.save_logs import SaveLogsModal
