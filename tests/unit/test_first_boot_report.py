@@ -250,3 +250,31 @@ def test_registration_and_report_bodies_are_checked_before_anything_is_kept():
     slot = SlotStatus("0123456789abcdef", "lab-1", "web01", reg.macs, 1.0)
     slot.report = Report.from_json(good)
     assert SlotStatus.from_json(slot.to_json()) == slot
+
+
+def test_the_deploy_registers_a_report_only_for_an_image_from_a_server():
+    from converters.deploy import _report_registrar
+    from converters.deploy_fixups import Hardware
+    from converters.deploy_plan import DeployRequest
+    from converters.deploy_source import ImageInfo
+
+    # nothing listens on the discard port: the registration fails
+    server = "ferry://127.0.0.1:9/?fp=" + "0" * 64 + "&token=" + "t" * 24
+    info = ImageInfo("web01", (("sda", 1 << 30),), server)
+    hardware = Hardware("bios", ("ahci",), ("52:54:00:fe:07:01",))
+    events, seen = recording()
+    off = DeployRequest(info, [], [], report=False)
+    assert _report_registrar(off, hardware, events) is None
+    from_file = DeployRequest("/media/usb/web01.qcow2", [], [], report=True)
+    assert _report_registrar(from_file, hardware, events) is None
+    said = [e.message for e in seen if isinstance(e, Log)]
+    assert said == [
+        "first-boot report: off: the machine will not report",
+        "first-boot report: off: the image is a file or URL, there is no ferry "
+        "serve to report to",
+    ]
+    register = _report_registrar(
+        DeployRequest(info, [], [], report=True), hardware, events
+    )
+    with pytest.raises(fbr.NotArmed, match="ferry serve at 127.0.0.1:9 did not"):
+        register("lab-525400fe0701")
