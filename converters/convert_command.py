@@ -6,11 +6,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from converters import convert
+from converters import boot_check, convert
 from converters.cli import FerryError
 from converters.domain import define
 from converters.domain.plan import DomainError, DomainOptions, spec_for
-from converters.domain.spec import parse_memory
+from converters.domain.spec import DomainSpec, parse_memory
 from converters.events import EventStream, print_listener
 
 
@@ -52,7 +52,30 @@ def register(subparsers) -> None:
         action="store_false",
         help="convert the disks only",
     )
+    add_check_boot_arguments(p)
+    p.add_argument(
+        "--check-boot-only",
+        action="store_true",
+        help="convert nothing: boot-check the disks as they are now",
+    )
     p.set_defaults(func=main)
+
+
+def add_check_boot_arguments(p) -> None:
+    p.add_argument(
+        "--check-boot",
+        action="store_true",
+        help="then boot the VM once in a throwaway overlay, without network, "
+        "and report whether it reaches userspace or where it stops",
+    )
+    p.add_argument(
+        "--check-boot-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="give up the boot check after this long (default: "
+        f"{boot_check.DEFAULT_TIMEOUT['kvm']:.0f} s under KVM, "
+        f"{boot_check.DEFAULT_TIMEOUT['tcg']:.0f} s under TCG)",
+    )
 
 
 def _options(args) -> DomainOptions:
@@ -62,6 +85,9 @@ def _options(args) -> DomainOptions:
         raise FerryError(str(e)) from None
     if args.vcpus is not None and args.vcpus < 1:
         raise FerryError("--vcpus must be at least 1")
+    timeout = getattr(args, "check_boot_timeout", None)
+    if timeout is not None and timeout <= 0:
+        raise FerryError("--check-boot-timeout must be more than 0 seconds")
     return DomainOptions(args.name, args.vcpus, memory, args.network)
 
 
@@ -88,20 +114,56 @@ def main(args) -> int:
         source = convert.load_source(args.sources)
     except convert.ConversionError as e:
         raise FerryError(str(e)) from None
+    if args.check_boot_only:
+        return _check_as_is(source, options, events, args.check_boot_timeout)
     try:
         if not args.domain:
-            convert.convert(source, events, pin_nics=args.pin_nics)
-            return 0
-        _, files = convert_and_write_domain(
-            source, events, options, args.libvirt, args.pin_nics
-        )
+            result = convert.convert(source, events, pin_nics=args.pin_nics)
+        else:
+            result, files = convert_and_write_domain(
+                source, events, options, args.libvirt, args.pin_nics
+            )
+        spec = spec_for(result, options) if args.check_boot else None
     except convert.ConversionError as e:
         raise FerryError(_failed(e, args.sources)) from None
     except DomainError as e:
         raise FerryError(f"converted, but no domain: {e}") from None
-    print(files.xml)
-    if not files.defined_at:
-        print(files.virsh_define)
+    if args.domain:
+        print(files.xml, flush=True)
+        if not files.defined_at:
+            print(files.virsh_define, flush=True)
+    if spec is not None:
+        check_boot(spec, source.directory, events, args.check_boot_timeout)
+    return 0
+
+
+def check_boot(
+    spec: DomainSpec,
+    directory: Path,
+    events: EventStream,
+    timeout: float | None = None,
+    done: str = "converted, but ",
+) -> boot_check.BootCheck:
+    """Boot the converted VM once (boot_check.run), its steps also in
+    convert.log; raises FerryError when it does not reach userspace. The
+    disks stay converted either way: the check only reports."""
+    # the same log as the conversion's, so convert.log tells the whole run
+    with convert._log_to_file(directory / convert.LOG_FILE, events):
+        check = boot_check.run(spec, directory, events, timeout)
+    if not check.boots:
+        log = directory / boot_check.LOG_FILE
+        raise FerryError(f"{done}the boot check failed: {check.failure()} (log: {log})")
+    return check
+
+
+def _check_as_is(source, options, events, timeout) -> int:
+    from converters import boot_check_spec
+
+    try:
+        spec = boot_check_spec.as_is(source, options)
+    except (convert.ConversionError, DomainError) as e:
+        raise FerryError(f"cannot boot-check {source.directory}: {e}") from None
+    check_boot(spec, source.directory, events, timeout, done="")
     return 0
 
 

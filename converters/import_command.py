@@ -19,6 +19,7 @@ from pathlib import Path
 
 from converters import convert, ovf
 from converters.cli import FerryError
+from converters.convert_command import add_check_boot_arguments, check_boot
 from converters.domain import define
 from converters.domain.plan import DomainError, DomainOptions, spec_for
 from converters.domain.spec import parse_memory, safe_name
@@ -193,6 +194,7 @@ def register(subparsers) -> None:
     p.add_argument("--memory", help="e.g. 4G or 2048M")
     p.add_argument("--libvirt", metavar="URI", help="define the domain at this URI")
     p.add_argument("--network", default="default", help="libvirt network for the NICs")
+    add_check_boot_arguments(p)
     p.set_defaults(func=main)
 
 
@@ -201,6 +203,8 @@ def main(args) -> int:
         memory = parse_memory(args.memory) if args.memory else None
     except ValueError as e:
         raise FerryError(str(e)) from None
+    if args.check_boot_timeout is not None and args.check_boot_timeout <= 0:
+        raise FerryError("--check-boot-timeout must be more than 0 seconds")
     events = EventStream()
     events.subscribe(print_listener(sys.stderr))
     storage = (args.storage or args.sources[0].resolve().parent).resolve()
@@ -220,7 +224,10 @@ def main(args) -> int:
     except DomainError as e:
         raise FerryError(str(e)) from None
     files = define.write(spec, source.directory, events, args.libvirt)
-    print(files.xml)
+    print(files.xml, flush=True)
     if not files.defined_at:
-        print(files.virsh_define)
+        print(files.virsh_define, flush=True)
+    if args.check_boot:
+        done = "imported and converted, but "
+        check_boot(spec, source.directory, events, args.check_boot_timeout, done)
     return 0

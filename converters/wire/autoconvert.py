@@ -10,6 +10,12 @@ What a conversion is doing is kept in SESSION/convert-status.json (one
 small file, read by `GET .../sessions/NAME` and by `wait()`); the child's
 own log is SESSION/convert.log. A failed conversion can be run again by
 hand with `ferry convert SESSION`.
+
+With the boot check on (`ferry serve --check-boot`), the child is `ferry
+convert --check-boot SESSION`: the converted VM boots once in a throwaway
+overlay, and its result (SESSION/boot-check.json) joins the status. A check
+that fails leaves the session converted (the conversion is committed; the
+check only reports).
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from converters import convert
+from converters import boot_check, convert
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +61,7 @@ class ConvertStatus:
     queued_at: float = 0.0
     started_at: float = 0.0
     finished_at: float = 0.0
+    boot_check: dict | None = None  # boot_check.BootCheck.to_json(), if run
 
     @property
     def seconds(self) -> float:
@@ -84,7 +91,14 @@ def read_status(session_dir: Path) -> ConvertStatus | None:
         and result.stat().st_mtime > path.stat().st_mtime
     ):
         status = ConvertStatus(CONVERTED, step="by hand")
+        status.boot_check = _fresh_boot_check(session_dir, path.stat().st_mtime)
     return status
+
+
+def _fresh_boot_check(session_dir: Path, since: float) -> dict | None:
+    """The session's boot check, if one finished after `since`."""
+    check = boot_check.load(Path(session_dir))
+    return check.to_json() if check and check.at >= since else None
 
 
 def _write_status(session_dir: Path, status: ConvertStatus) -> None:
@@ -120,9 +134,18 @@ def is_machine_capture(session_dir: Path) -> bool:
 class AutoConvert:
     """The queue of sessions to convert and the one worker that runs them."""
 
-    def __init__(self, command: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        command: list[str] | None = None,
+        check_boot: bool = False,
+        check_boot_timeout: float | None = None,
+    ) -> None:
         # The child: this interpreter running ferry's CLI (the same venv).
         self.command = command or [sys.executable, "-m", "converters.cli", "convert"]
+        if check_boot:
+            self.command = [*self.command, "--check-boot"]
+            if check_boot_timeout:
+                self.command += ["--check-boot-timeout", str(check_boot_timeout)]
         self._queue: queue.Queue[Path | None] = queue.Queue()
         self._pending: set[Path] = set()
         self._lock = threading.Lock()
@@ -227,7 +250,10 @@ class AutoConvert:
         with self._lock:
             self._child = None
         status.finished_at = time.time()
-        if code == 0:
+        # The check runs only once the conversion is committed: a fresh
+        # result means converted, whatever it found.
+        status.boot_check = _fresh_boot_check(session_dir, status.started_at)
+        if code == 0 or status.boot_check:
             status.state, status.error = CONVERTED, ""
             status.domain_xml = next((ln.strip() for ln in out if ln.strip()), "")
             log.info(
@@ -236,6 +262,8 @@ class AutoConvert:
                 status.seconds,
                 status.domain_xml,
             )
+            if status.boot_check:
+                _log_boot_check(name, status.boot_check)
         elif self._stopping:
             # Interrupted: the child threw its overlays away; the next
             # server queues it again.
@@ -253,6 +281,20 @@ class AutoConvert:
         _write_status(session_dir, status)
 
 
+def _log_boot_check(name: str, check: dict) -> None:
+    booted = check["result"] == boot_check.BOOTS
+    log.log(
+        logging.INFO if booted else logging.WARNING,
+        "CONVERT boot-check session=%s result=%s stage=%s seconds=%.0f accel=%s%s",
+        name,
+        check["result"],
+        check["stage"],
+        check["seconds"],
+        check["accelerator"],
+        "" if booted else f" ({check['summary']}; console: {boot_check.LOG_FILE})",
+    )
+
+
 def _die_with_parent() -> None:
     """In the child: a server killed outright takes its conversion along
     (the guestfs appliance follows through libguestfs' recovery process)."""
@@ -267,14 +309,25 @@ def _die_with_parent() -> None:
 AUTOCONVERT = web.AppKey("autoconvert", AutoConvert)
 
 
-def install(app: web.Application, storage: Path, enabled: bool) -> None:
-    """Convert each machine capture of this server once it completes."""
+def install(
+    app: web.Application,
+    storage: Path,
+    enabled: bool,
+    check_boot: bool = False,
+    check_boot_timeout: float | None = None,
+) -> None:
+    """Convert each machine capture of this server once it completes (and,
+    with `check_boot`, boot-check each conversion)."""
     if not enabled:
         log.info("CONVERT off (--no-convert): run ferry convert SESSION by hand")
         return
+    if check_boot:
+        log.info("CONVERT boot check on: each converted VM boots once")
 
     async def start(app: web.Application) -> None:
-        worker = AutoConvert()
+        worker = AutoConvert(
+            check_boot=check_boot, check_boot_timeout=check_boot_timeout
+        )
         app[AUTOCONVERT] = worker
         worker.resume_interrupted(storage)
 

@@ -54,6 +54,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_false",
         help="do not convert captures as they complete (ferry convert SESSION)",
     )
+    p.add_argument(
+        "--check-boot",
+        action="store_true",
+        help="after each conversion, boot the VM once in a throwaway overlay "
+        "without network and report whether it reaches userspace",
+    )
+    p.add_argument(
+        "--check-boot-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="give up each boot check after this long "
+        "(default: 300 s under KVM, 900 s under TCG)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -61,6 +74,14 @@ def main(args: argparse.Namespace) -> int:
         host, port = split_address(args.listen)
     except PairingError as e:
         print(f"ferry serve: {e}", file=sys.stderr)
+        return 2
+    if args.check_boot and not args.convert:
+        print("ferry serve: --check-boot checks conversions: drop --no-convert",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    if args.check_boot_timeout is not None and args.check_boot_timeout <= 0:
+        print("ferry serve: --check-boot-timeout must be more than 0 seconds",
+              file=sys.stderr)  # fmt: skip
         return 2
     storage = args.storage.resolve()
     try:
@@ -83,23 +104,33 @@ def main(args: argparse.Namespace) -> int:
         print(f"kernel: {pairing.kernel_keys()}", flush=True)
 
     try:
-        asyncio.run(_serve(storage, identity, host, port, ready, args.convert))
+        settings = _settings(args)
+        asyncio.run(_serve(storage, identity, host, port, ready, settings))
     except OSError as e:
         print(f"ferry serve: {e}", file=sys.stderr)
         return 1
     return 0
 
 
-async def _serve(storage, identity, host, port, ready, convert=True) -> None:
+def _settings(args: argparse.Namespace):
+    from .server import Settings
+
+    return Settings(
+        convert=args.convert,
+        check_boot=args.check_boot,
+        check_boot_timeout=args.check_boot_timeout,
+    )
+
+
+async def _serve(storage, identity, host, port, ready, settings=None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     # aiohttp's server is imported only here: every other ferry command
     # (capture on the live side above all) loads this module for its parser.
-    from .server import Settings, run
+    from .server import run
 
-    settings = Settings(convert=convert)
     await run(storage, identity, host, port, settings=settings, ready=ready, stop=stop)
     log.info("STOP storage=%s", storage)
 

@@ -43,6 +43,9 @@ class Settings:
     janitor_interval: float = 15.0
     # Convert each machine capture when it completes (autoconvert.py).
     convert: bool = True
+    # ... and boot each converted VM once to check it (boot_check.py).
+    check_boot: bool = False
+    check_boot_timeout: float | None = None  # None: boot_check's default
 
 
 @dataclass
@@ -84,7 +87,13 @@ def create_app(storage_dir: Path, secret: str, settings: Settings | None = None)
     reports.setup(app, storage_dir)
     app.on_startup.append(_startup)
     app.on_cleanup.append(_cleanup)
-    autoconvert.install(app, storage_dir, settings.convert)
+    autoconvert.install(
+        app,
+        storage_dir,
+        settings.convert,
+        settings.check_boot,
+        settings.check_boot_timeout,
+    )
     return app
 
 

@@ -32,10 +32,14 @@ D, Z, S = ExtentKind.DATA, ExtentKind.ZERO, ExtentKind.SKIP
 class Serve:
     """``ferry serve`` as a subprocess."""
 
-    def __init__(self, storage: Path, log: Path, convert: bool = False) -> None:
+    def __init__(
+        self, storage: Path, log: Path, convert: bool = False, check_boot: bool = False
+    ) -> None:
         # convert: serve's own conversion of completed machine captures
-        # (minutes of guestfs in TCG), off unless a test is about it.
+        # (minutes of guestfs in TCG), off unless a test is about it;
+        # check_boot: and a boot check of each converted VM (a QEMU boot).
         self.convert = convert
+        self.check_boot = check_boot
         self.storage = storage
         self.log = log
         self.proc: subprocess.Popen | None = None
@@ -54,6 +58,7 @@ class Serve:
                 "--listen",
                 f"127.0.0.1:{port}",
                 *([] if self.convert else ["--no-convert"]),
+                *(["--check-boot"] if self.check_boot else []),
             ],
             cwd=REPO,
             stdout=subprocess.PIPE,
