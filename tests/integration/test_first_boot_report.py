@@ -59,7 +59,11 @@ def test_a_slot_secret_makes_one_report_and_nothing_else(serve, pairing):
     assert cred.host == "127.0.0.1" and cred.port == pairing.port
     assert cred.secret != pairing.secret
     (slot,) = deploy_report.list_reports(pairing)
-    assert (slot.state, slot.hostname, slot.macs) == ("waiting", "lab-525400fe0701", (MAC,))
+    assert (slot.state, slot.hostname, slot.macs) == (
+        "waiting",
+        "lab-525400fe0701",
+        (MAC,),
+    )
     before = listing(pairing)
     path = report_path(cred.report_id)
 
@@ -108,7 +112,9 @@ def test_bad_registrations_are_refused_with_a_reason(pairing):
     assert e.status == 400 and "hostname" in str(e)
     e = refusal(client, "POST", REPORTS, {"hostname": "a", "image": "i", "macs": "x"})
     assert e.status == 400
-    e = refusal(WireClient(dataclasses.replace(pairing, secret="y" * 24)), "GET", REPORTS)
+    e = refusal(
+        WireClient(dataclasses.replace(pairing, secret="y" * 24)), "GET", REPORTS
+    )
     assert e.status == 401
     assert deploy_report.list_reports(pairing) == []
 
@@ -154,15 +160,15 @@ def without_curl(tmp_path: Path) -> str:
                  "sed", "head", "hostname", "python3", "sleep", "sync"):  # fmt: skip
         found = shutil.which(tool)
         if found:
-            os.symlink("/usr/bin/python3" if tool == "python3" else found, bin_dir / tool)
+            os.symlink(
+                "/usr/bin/python3" if tool == "python3" else found, bin_dir / tool
+            )
     assert not (bin_dir / "curl").exists()
     return str(bin_dir)
 
 
 @pytest.mark.parametrize("tool", ["curl", "python3"])
-def test_the_script_reports_through_its_pin_and_removes_itself(
-    pairing, tmp_path, tool
-):
+def test_the_script_reports_through_its_pin_and_removes_itself(pairing, tmp_path, tool):
     assert shutil.which("curl"), "curl (packaging/debian-packages.txt)"
     cred = deploy_report.register(pairing, "lab-525400fe0701", "lab-img", (MAC,))
     root = fake_root(tmp_path, cred)
