@@ -32,6 +32,8 @@ class Outcome:
     sentence: str  # what happened, one sentence
     where: str = ""  # where the result is
     retry: Flow | None = None  # the same flow again (resumes a capture)
+    # P2V: (pairing string, session) whose conversion the server reports
+    conversion: tuple[str, str] | None = None
     # V2P with a first-boot report armed: (pairing string, image name), for
     # the view of the server's reports of that image.
     reports: tuple[str, str] | None = None
@@ -128,6 +130,7 @@ class P2VFlow(Flow):
                 f"{self.address} in {fmt.duration(time.monotonic() - started)}."
             ),
             where=f"VM {result.session} on the KVM host {self.address}",
+            conversion=(self.request.server, result.session),
         )
 
     def failed(self, err: BaseException) -> Outcome:

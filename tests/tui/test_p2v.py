@@ -273,3 +273,45 @@ async def test_cancel_while_the_link_is_down_stops_the_uploader_within_seconds(
     print(f"stopped {stopped_in:.1f} s after the cancel was confirmed")
     assert senders == []
     assert not any(d["complete"] for d in record(serve, "dead")["disks"])
+
+
+async def test_the_done_screen_shows_the_servers_conversion_and_boot_check(
+    serve, pairing, loop_disks, monkeypatch
+):
+    """The Done screen of a capture asks the server about the session's
+    conversion until it is final. This server does not convert
+    (--no-convert), so the test writes the status files a conversion and
+    its boot check leave (in their own formats) and the real server
+    reports them over the wire."""
+    from converters.boot_check import BootCheck, save
+    from converters.wire.autoconvert import ConvertStatus, _write_status
+    from tui.widgets import conversion
+
+    monkeypatch.setattr(conversion, "REFRESH", 0.3)
+    disk = loop_disks("conv", size_mib=32, fill_mib=2)
+    app = create_app(include_loop=True)
+    async with app.run_test(size=SIZE) as pilot:
+        await fill_p2v(pilot, str(pairing), [disk.name], "tui-conv")
+        await pilot.press("ctrl+g")
+        done = await finished(pilot)
+        assert done.outcome.ok, done.outcome
+        line = done.query_one("#conversion")
+
+        def shows(text: str):
+            return lambda: text in str(line.render())
+
+        await wait_for(pilot, shows("no conversion queued"), 30, "no conversion")
+        session = serve.storage / "tui-conv"
+        _write_status(session, ConvertStatus("converting", step="boot check: vm"))
+        await wait_for(pilot, shows("boot check running"), 30, "check running")
+        check = BootCheck("boots", "userspace", 74.0, "tcg", ("FERRY-BOOT-CHECK",))
+        save(check, session)
+        status = ConvertStatus("converted", started_at=100.0, finished_at=391.0)
+        status.boot_check = check.to_json()
+        _write_status(session, status)
+        await wait_for(pilot, shows("boots, userspace after 74 s (tcg)"), 30, "check")
+        text = str(line.render())
+        assert text.startswith("Server: converted in 4:51; boot check: "), text
+        assert not line.has_class("-failed")
+        # final: no more questions to the server
+        assert line._timer is None

@@ -57,6 +57,10 @@ class DoneScreen(Screen):
         yield verdict
         yield Static(o.sentence, id="sentence")
         yield Static(Text.assemble(("Result: ", "bold"), o.where or "-"), id="where")
+        if o.ok and o.conversion:
+            from tui.widgets.conversion import ServerConversion
+
+            yield ServerConversion(*o.conversion)
         yield Static("", id="countdown")
         yield Static(self._tail(), id="tail", classes="section")
         yield Footer()
