@@ -68,10 +68,8 @@ class BootCheck:
         if self.result == STOPPED:
             return f"stopped {self.what} after {self.seconds:.0f} s"
         if self.result == TIMEOUT:
-            return (
-                f"no userspace after {self.timeout:.0f} s, "
-                f"last seen in the {self.stage}"
-            )
+            seen = self.what or f"in the {self.stage}"
+            return f"no userspace after {self.timeout:.0f} s, last seen {seen}"
         return f"could not run: {self.line}"
 
     def summary(self) -> str:

@@ -62,13 +62,11 @@ DECISIVE = (
     # initramfs-tools: the root device never appeared (after rootdelay)
     _sign(INITRAMFS, r"ALERT!\s+.*does not exist.*", _NO_ROOT),
     _sign(INITRAMFS, r"Gave up waiting for root.*", _NO_ROOT),
-    # dracut: its initqueue gave up on the root device
+    # dracut: its initqueue gave up on the root device. Its earlier timeout
+    # warning is no verdict: the timeout scripts it then runs may still
+    # assemble a degraded RAID or a partial volume group that boots.
     _sign(INITRAMFS, r"Warning: /dev/\S+ does not exist.*", _NO_ROOT),
-    _sign(
-        INITRAMFS,
-        r".*dracut-initqueue.*timeout, still waiting.*|.*Could not boot\.?",
-        _NO_ROOT,
-    ),
+    _sign(INITRAMFS, r".*Could not boot\.?", _NO_ROOT),
     _sign(INITRAMFS, r"Entering emergency mode.*|^dracut:/#", _INITRAMFS_SHELL),
     _sign(INITRAMFS, r"^\(initramfs\)", _INITRAMFS_SHELL),
     _sign(EMERGENCY, r"You are in emergency mode.*", "in emergency mode"),
@@ -137,7 +135,13 @@ def classify(console: str) -> Verdict:
                 line = found.group(0).splitlines()[0].strip()
                 return Verdict(sign.stage, True, sign.what, line)
     stage = furthest(text)
+    if stage == INITRAMFS and _INITQUEUE_TIMEOUT.search(text):
+        return Verdict(stage, False, _INITQUEUE_WAITING)
     return Verdict(stage, False, f"in the {_stage_words(stage)}")
+
+
+_INITQUEUE_TIMEOUT = re.compile(r"dracut-initqueue.*timeout")
+_INITQUEUE_WAITING = "in the initramfs, dracut's initqueue timed out waiting"
 
 
 def _superseded(stage: str, after: str) -> bool:
