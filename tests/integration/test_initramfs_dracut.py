@@ -163,3 +163,21 @@ def test_the_guests_own_later_rebuild_keeps_the_dependencies(converted):
     )
     files = module_files(tree.image_files())
     assert {"virtio_pci.ko", "virtio.ko", "virtio_ring.ko"} <= files
+
+
+def test_a_deploy_gets_ahci_and_libata_into_an_image_whose_dracut_omits_them(
+    fresh_tree,
+):
+    # vm-virtio-dracut's configuration, deployed onto an AHCI machine with
+    # an e1000: the modules deploy_fixups finds there, plus the root's ext4.
+    tree = fresh_tree
+    omit = " ".join(OMIT_DRIVERS["vm-virtio-dracut"])
+    conf = (
+        'hostonly="no"\ndrivers="virtio_pci virtio_blk ext4"\n'
+        f'omit_drivers+=" {omit} "\n'
+    )
+    tree.guest.write("/etc/dracut.conf.d/10-hardware.conf", conf)
+    initramfs.ensure_modules(tree.guest, tree.info, ("sd_mod", "ahci", "e1000", "ext4"))
+    files = module_files(tree.image_files())
+    for module in ("ahci", "libahci", "libata", "sd_mod", "scsi_mod", "e1000"):
+        assert f"{module}.ko" in files
