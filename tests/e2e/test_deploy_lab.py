@@ -289,6 +289,7 @@ class Boots(dict):
     """Boot by key, and the server's report slots after them."""
 
     reports: list = []
+    as_deployed: dict = {}  # the report's paths on each disk before its boot
 
 
 def wait_for_reports(pairing: Pairing, hosts: set[str], timeout: float) -> list:
@@ -304,10 +305,11 @@ def wait_for_reports(pairing: Pairing, hosts: set[str], timeout: float) -> list:
 
 
 def report_files_left(disks: dict[str, Path]) -> dict[str, list[str]]:
-    """For each disk (qcow2, its guest shut off or killed after the
-    script's sync), the report's paths that exist on its root filesystem
-    (partition 1 on every deployed disk here): guestfs mounts a throwaway
-    overlay, so ext4 replays its journal as the next boot would."""
+    """For each disk (a qcow2 overlay whose guest was killed after the
+    script's sync, or a deployed raw disk as its deploy left it), the
+    report's paths on its root filesystem (partition 1 on every deployed
+    disk here): guestfs mounts a throwaway overlay, so ext4 replays its
+    journal as the next boot would."""
     import guestfs
 
     from converters import accel
@@ -316,7 +318,8 @@ def report_files_left(disks: dict[str, Path]) -> dict[str, list[str]]:
     g.set_backend("direct")
     g.set_backend_settings(accel.detect().guestfs_settings())
     for disk in disks.values():
-        g.add_drive_opts(str(disk), format="qcow2", readonly=True)
+        fmt = "qcow2" if disk.suffix == ".qcow2" else "raw"
+        g.add_drive_opts(str(disk), format=fmt, readonly=True)
     g.launch()
     found = {}
     try:
@@ -376,8 +379,13 @@ def booted(lab, tmp_path_factory):
                 found = boot.vm.wait_for(REPORTED, REPORT_TIMEOUT)
                 boot.reported = found.group(0) if found else ""
     deployed = {k: b.vm.disks[0] for k, b in boots.items() if k != "control"}
-    for key, left in report_files_left(deployed).items():
-        boots[key].left = left
+    # the control: the same paths on the deployed disks as written, before
+    # any boot (the overlays' backing files)
+    deployed.update({"bios-as-deployed": bios.disk, "uefi-as-deployed": uefi.disk})
+    found = report_files_left(deployed)
+    for key, boot in boots.items():
+        boot.left = found.get(key)
+    boots.as_deployed = {k: v for k, v in found.items() if k.endswith("-deployed")}
     yield boots
     for boot in boots.values():
         for disk in boot.vm.disks:
@@ -466,5 +474,10 @@ def test_each_deployed_machine_reports_its_first_boot_to_the_server(lab, booted)
 
 
 def test_the_report_removes_its_unit_script_and_credential_after_the_boot(booted):
+    every = [*first_boot_report.INSTALLED, first_boot_report.CONF_DIR]
+    assert booted.as_deployed == {
+        "bios-as-deployed": every,
+        "uefi-as-deployed": every,
+    }
     for key in ("bios", "nvram", "fallback"):
         assert booted[key].left == [], (key, booted[key].left)
