@@ -24,7 +24,10 @@ Each phase's time (boot, install, capture, conversion, converted boot) is
 printed.
 
 This is also where phys-bios's conversion is proved (one capture and one
-conversion instead of two): the converted VM boots on virtio as itself
+conversion instead of two), and `ferry serve --check-boot`: the server's
+boot check of its conversion reports "boots" in the session status
+(`GET /v1/sessions/NAME`) and its log. The converted VM boots on virtio as
+itself
 (hostname, its physical NIC name pinned to the MAC, its address, its data);
 its negative control boots the same disk with another MAC, so no pin
 applies and the NIC takes the virtual slot's name; the domain files lie
@@ -40,9 +43,10 @@ from pathlib import Path
 
 import pytest
 
-from converters import __version__
+from converters import __version__, accel
 from converters.wire import autoconvert
 from converters.wire.bundle import BUNDLE_DIR
+from converters.wire.connection import WireClient
 from converters.wire.pairing import Pairing
 from converters.wire.throttle import parse_rate
 from tests.e2e.convert_helpers import (
@@ -84,6 +88,7 @@ class LiveRun:
     own: object  # the source's boot marker, before the writer's first write
     phases: Phases
     folder: Path  # serve.log, the source's console
+    served_status: dict  # GET /v1/sessions/SESSION once converted
 
     def keep_logs(self, workdir: Path) -> None:
         """Into the test's workdir, which keeps them if the test fails."""
@@ -99,7 +104,9 @@ def live(machine_builder, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("live-p2v")
     phases = Phases()
     machine = machine_builder("phys-bios")
-    server = Serve(workdir / "storage", workdir / "serve.log", convert=True)
+    server = Serve(
+        workdir / "storage", workdir / "serve.log", convert=True, check_boot=True
+    )
     bundle.build(workdir / "storage" / BUNDLE_DIR, echo=None)
     pairing = server.start()
     try:
@@ -129,12 +136,17 @@ def live(machine_builder, tmp_path_factory):
         shutil.copy(src.console_log, workdir / "console-source.log")
         session = workdir / "storage" / SESSION
         status = autoconvert.wait(session, CONVERT_TIMEOUT)
-        phases.done("conversion")
+        phases.done("conversion and boot check")
         assert status and status.state == "converted", (status, log_tail(session))
+        client = WireClient(pairing)
+        try:
+            served = client.session(SESSION)
+        finally:
+            client.close()
     finally:
         server.stop()
         server.end_orphans()
-    yield LiveRun(machine, session, console, own, phases, workdir)
+    yield LiveRun(machine, session, console, own, phases, workdir, served)
     for disk in session.glob("*.qcow2"):
         disk.unlink()
 
@@ -184,6 +196,8 @@ def test_live_p2v_boots_with_the_writes_acknowledged_before_the_freeze(live, wor
         f"{high} first after the thaw; converted VM marker {marker.seconds:.0f} s"
     )
     assert low <= int(marker["counter"]) <= high
+    # the boot check changed only its throwaway overlay, not the VM's disk
+    assert "FERRY-BOOT-CHECK" not in vm.console()
     # the source at its own boot, minutes earlier: an older state
     assert own and own["counter"] in ("none", *map(str, range(low)))
     assert marker["root"] == "/dev/vda1"
@@ -213,6 +227,19 @@ def test_live_p2v_boots_with_the_writes_acknowledged_before_the_freeze(live, wor
     assert rates[0] > 3 * LIMIT and rates[2] > 3 * LIMIT
     # lifted before the freeze: no limited write between freeze and thaw
     assert all(a.wbps == "none" for a in t.between(freeze, thawed))
+
+
+def test_serve_boot_checks_its_conversion_and_reports_boots(live):
+    check = live.served_status["conversion"]["boot_check"]
+    print(f"ferry serve's boot check: {check['summary']}")
+    assert (check["result"], check["stage"]) == ("boots", "userspace"), check
+    assert check["accelerator"] == accel.detect().name
+    assert 0 < check["seconds"] < check["timeout"], check
+    log = (live.folder / "serve.log").read_text()
+    assert f"CONVERT boot-check session={SESSION} result=boots stage=userspace" in log
+    console = (live.session / "boot-check.log").read_text(errors="replace")
+    assert "FERRY-BOOT-CHECK userspace" in console
+    assert not list(live.session.glob(".boot-check-*"))
 
 
 def test_without_a_pin_for_its_mac_the_nic_is_renamed(live, workdir):
