@@ -160,7 +160,7 @@ def furthest(text: str) -> str:
 
 
 def _stage_words(stage: str) -> str:
-    return "booted system, before userspace" if stage == USERSPACE else stage
+    return "system after the initramfs" if stage == USERSPACE else stage
 
 
 def last_lines(console: str, count: int = 20) -> list[str]:

@@ -5,6 +5,8 @@ run on this host (tests/unit/data/boot-consoles/, escape sequences and all):
   capture on virtio (ALERT! /dev/sda1 does not exist);
 - initramfs-tools-userspace: the boot check of vm-virtio, which boots on
   virtio as it is, up to the check's own marker;
+- dracut-uefi-lvm-userspace: the boot check of the converted phys-uefi-lvm
+  (OVMF, GRUB, dracut's systemd initrd, LVM root) up to the marker;
 - seabios-no-bootable-device, ovmf-no-bootable-disk: an empty disk on the
   boot check's machine (graphics=off, restrict=on NIC), BIOS and UEFI;
 - kernel-panic-no-root: Debian's kernel with no root and no initramfs.
@@ -38,6 +40,12 @@ def console(name: str) -> str:
         ),
         (
             "initramfs-tools-userspace",
+            "userspace",
+            "reached userspace",
+            "FERRY-BOOT-CHECK userspace",
+        ),
+        (
+            "dracut-uefi-lvm-userspace",
             "userspace",
             "reached userspace",
             "FERRY-BOOT-CHECK userspace",
@@ -84,6 +92,21 @@ def test_a_boot_still_on_its_way_has_no_verdict_and_names_its_furthest_stage():
         assert not verdict.decisive, (cut, verdict)
         assert verdict.stage == stage, (cut, verdict)
     assert stages.classify("").stage == "firmware"
+
+
+def test_dracuts_initrd_reaching_its_targets_is_still_the_initramfs():
+    # the initrd's systemd reaches local-fs, basic and initrd.target; the
+    # real root greets without "(Initramfs)"
+    booting = console("dracut-uefi-lvm-userspace")
+    real_root = booting.index(
+        "Welcome to \x1b[1mDebian GNU/Linux 12 (bookworm)\x1b[0m!"
+    )
+    in_initrd = stages.classify(booting[:real_root])
+    assert "Reached target" in booting[:real_root]
+    assert (in_initrd.stage, in_initrd.decisive) == ("initramfs", False)
+    after = stages.classify(booting[: real_root + 60])
+    assert (after.stage, after.decisive) == ("userspace", False)
+    assert after.what == "in the system after the initramfs"
 
 
 def test_the_real_roots_systemd_is_userspace_and_dracuts_initrd_is_not():
