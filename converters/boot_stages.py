@@ -65,7 +65,7 @@ DECISIVE = (
     # dracut: its initqueue gave up on the root device. Its earlier timeout
     # warning is no verdict: the timeout scripts it then runs may still
     # assemble a degraded RAID or a partial volume group that boots.
-    _sign(INITRAMFS, r"Warning: /dev/\S+ does not exist.*", _NO_ROOT),
+    _sign(INITRAMFS, r'Warning: "?/dev/\S+"? does not exist.*', _NO_ROOT),
     _sign(INITRAMFS, r".*Could not boot\.?", _NO_ROOT),
     _sign(INITRAMFS, r"Entering emergency mode.*|^dracut:/#", _INITRAMFS_SHELL),
     _sign(INITRAMFS, r"^\(initramfs\)", _INITRAMFS_SHELL),
