@@ -36,6 +36,7 @@ HEAVY_FIRST = [
     "tests/e2e/test_live_boots.py",
     "tests/e2e/test_harness_boots.py",
     "tests/e2e/test_convert_safety.py",
+    "tests/integration/test_initramfs_dracut.py",
     "tests/integration/test_migrate_libvirt.py",
     "tests/integration/test_migrate_live.py",
     "tests/integration/test_serve_convert.py",
