@@ -206,7 +206,7 @@ def _pump(
     No flush on the way: the writes are O_DIRECT, so a flush only empties
     the disk's volatile cache, which nothing needs before the flushes
     around the partition tables (the journal lives in /run, which a power
-    cut loses too). Session 4 flushed every 256 MiB while the bench's loop
+    cut loses too). An earlier version flushed every 256 MiB while the bench's loop
     device wrote through its backing file's page cache; with it as direct
     as a disk, each such flush stalled every writer for 0.3-0.5 s (the
     loop device runs a flush before any request behind it): single runs

@@ -1,5 +1,5 @@
 """Live P2V: capture the disks of a running Linux machine with disk pre-copy
-and a short freeze (issue 9; docs/live-capture.md).
+and a short freeze (docs/live-capture.md).
 
 Round 1 sends each disk's map (``live_map``) while a write tracker records
 every completed write; each later round sends the blocks written during the

@@ -109,7 +109,7 @@ class DiskMirror:
         self.speed = speed
         # write-blocking: once ready, a guest write completes only when the
         # destination has it, so the dirty set cannot grow faster than the
-        # link: the disk counterpart of the seed's "limit the writer".
+        # link: the disk counterpart of the pre-copy rule "limit the writer".
         self.sync_writes = sync_writes
         self.events = events or EventStream()
         self.pairs: list[DiskPair] = []

@@ -134,7 +134,7 @@ def migrate_flags(
         if sync_writes:
             # The mirror's copy-mode=write-blocking (libvirt 8.0): a guest
             # write completes once the destination has it, so the disk's
-            # dirty set cannot outgrow the link (the seed's "limit the
+            # dirty set cannot outgrow the link (the pre-copy rule "limit the
             # writer", as migrate_disks does for QMP).
             flags |= libvirt.VIR_MIGRATE_NON_SHARED_SYNCHRONOUS_WRITES
     if auto_converge:

@@ -1,4 +1,4 @@
-"""Offline migration, the seed's static migration: stop the guest, copy its
+"""Offline (static) migration: stop the guest, copy its
 memory and (without shared storage) its disks once, start it on the
 destination. No pre-copy rounds and no dirty pages: every byte crosses once,
 and the guest is down for the whole copy. That downtime, from `stop` on the

@@ -1,10 +1,10 @@
-"""When to stop a pre-copy loop: the seed's rules as one pure policy.
+"""When to stop a pre-copy loop: ferry's pre-copy rules as one pure policy.
 
 Pre-copy sends everything while the guest runs, then again whatever it dirtied,
 until the rest is small enough to send during a short pause. QEMU's default
 stops only when remaining / bandwidth falls under the downtime limit, with no
 bound on rounds, so a guest that dirties faster than the link carries never
-finishes. The seed (shared/seed/, after KVM and Xen) ends the loop by rules:
+finishes. ferry (after KVM's and Xen's practice) ends the loop by rules:
 concentration, non-diffusion and bounded rounds, and limits the writer while
 migrating. Here they are one policy, fed one observation per round, which
 answers continue / throttle the writer / switch over now / abort.
@@ -12,7 +12,7 @@ answers continue / throttle the writer / switch over now / abort.
 It knows no QEMU and does no I/O: engines (QMP RAM migration, blockdev-mirror,
 the live disk capture with dirty blocks) turn their counters into `Round`s and
 apply the `Decision`s. Quantities are bytes and seconds, so memory and disks
-share it; `page_size` only converts bytes for the seed's page threshold.
+share it; `page_size` only converts bytes for the policy's page threshold.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ class PolicyParams:
     # QEMU's auto-converge also waits for 2 such periods before each step.
     nondiffusion_patience: int | None = 2
     # Throttle levels (% of the writer held back) to step through before
-    # giving up on convergence; the seed limits writes per scheduling slice.
+    # giving up on convergence, as a writer limited per scheduling slice is.
     throttle_steps: tuple[int, ...] = QEMU_THROTTLE_STEPS
     # Hard limit: abort rather than switch over with a longer downtime.
     max_downtime: float | None = None

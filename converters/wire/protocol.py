@@ -30,7 +30,8 @@ DEFAULT_PORT = 7420
 # 8 MiB per request: large enough that per-request costs (headers, a thread
 # hop, a journal entry) vanish at 1-10 Gbit/s, small enough that a client
 # with four requests in flight and a server with four per session stay far
-# under the 300 MiB / 200 MiB budgets of issue 3.
+# under the capture bench's 300 MiB client / 200 MiB server memory budgets
+# (docs/bench.md).
 CHUNK_SIZE = 8 << 20
 MAX_CHUNK = 8 << 20
 # A zstd frame of incompressible data is a little larger than the data; the
