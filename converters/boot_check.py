@@ -27,7 +27,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from converters import accel, boot_stages, qemu_cmdline
+from converters import accel, boot_stages, children, qemu_cmdline
 from converters.domain.spec import DomainSpec
 from converters.events import EventStream
 
@@ -45,7 +45,6 @@ POLL = 1.0
 SETTLE = 3.0
 STOP_GRACE = 10.0
 LAST_LINES = 20
-PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
@@ -232,7 +231,7 @@ def watch(
             stdin=subprocess.DEVNULL,
             stdout=qemu_log,
             stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
+            preexec_fn=children.die_with_parent,
         )
     failed_at = None  # when a failure sign was first seen
     try:
@@ -290,11 +289,3 @@ def _stop(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
-
-
-def _die_with_parent() -> None:
-    """In QEMU: a ferry convert killed outright (ferry serve's stop, after
-    its grace) takes its boot check's VM along."""
-    import ctypes
-
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)

@@ -35,7 +35,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from converters import boot_check, convert
+from converters import boot_check, children, convert
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,6 @@ FINAL = (CONVERTED, FAILED)
 # SIGKILL: the overlays are left as files a next run deletes, the capture
 # is unchanged either way.
 STOP_GRACE = 10.0
-PR_SET_PDEATHSIG = 1
 
 
 @dataclass
@@ -227,7 +226,7 @@ class AutoConvert:
                 stderr=subprocess.PIPE,
                 text=True,
                 errors="replace",
-                preexec_fn=_die_with_parent,
+                preexec_fn=children.die_with_parent,
             )
             child = self._child
         # stdout carries the domain file paths; read it beside stderr so
@@ -293,15 +292,6 @@ def _log_boot_check(name: str, check: dict) -> None:
         check["accelerator"],
         "" if booted else f" ({check['summary']}; console: {boot_check.LOG_FILE})",
     )
-
-
-def _die_with_parent() -> None:
-    """In the child: a server killed outright takes its conversion along
-    (the guestfs appliance follows through libguestfs' recovery process)."""
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 # The server's side: the few calls server.py makes.
