@@ -156,11 +156,11 @@ route() {
         sed -n 's/.* dev \([^ ]*\) .*src \([^ ]*\).*/\1 \2/p' | head -n 1
 }
 
+# $1 $2: route's NIC and source address.
 body() {
     host=$(clean "$(hostname 2>/dev/null || cat /proc/sys/kernel/hostname)")
-    set -- $(route) ""
-    nic=$(clean "${1:-unknown}")
-    addr=$(clean "${2:-0.0.0.0}")
+    nic=$(clean "$1")
+    addr=$(clean "$2")
     mac=00:00:00:00:00:00
     file=/sys/class/net/$nic/address
     [ -r "$file" ] && mac=$(clean "$(cat "$file")")
@@ -212,7 +212,12 @@ if command -v curl >/dev/null 2>&1; then post=post_curl; else post=post_python; 
 waited=0
 pause=2
 while :; do
-    code=$($post "$(body)")
+    # network-online.target can come before DHCP has given an address: no
+    # route to the server yet means not ready, not a report with no NIC
+    # (a send that raced the address in once reported nic=unknown).
+    via=$(route)
+    code=000
+    [ -n "$via" ] && code=$($post "$(body $via)")
     case $code in
     2??)
         say "reported to ferry serve at $FERRY_REPORT_HOST: up after ${boot}s"
@@ -228,6 +233,7 @@ while :; do
         ;;
     esac
     if [ "$waited" -ge @RETRY@ ]; then
+        [ -n "$via" ] || say "no route to ferry serve at $FERRY_REPORT_HOST"
         say "ferry serve at $FERRY_REPORT_HOST did not answer; again next boot"
         exit 1
     fi

@@ -213,3 +213,27 @@ def test_the_script_refuses_a_server_that_does_not_match_its_pin(
     (slot,) = deploy_report.list_reports(pairing)
     assert slot.state == "waiting"
     assert json.loads(json.dumps(slot.report)) is None
+
+
+def test_the_script_sends_nothing_before_the_network_has_a_route(pairing, tmp_path):
+    """network-online.target can come before DHCP: with no route to the
+    server the script waits (here: retry=0, gives up at once) instead of
+    reporting a machine with no NIC and no address."""
+    cred = deploy_report.register(pairing, "lab-525400fe0701", "lab-img", (MAC,))
+    root = fake_root(tmp_path, cred)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("sh", "cut", "tr", "cat", "rm", "rmdir", "getent", "awk",
+                 "sed", "head", "hostname", "curl", "sleep", "sync"):  # fmt: skip
+        os.symlink(shutil.which(tool), bin_dir / tool)
+    # `ip route get` before the address: no route, nothing printed
+    (bin_dir / "ip").write_text(
+        "#!/bin/sh\necho 'RTNETLINK answers: unreachable' >&2\nexit 2\n"
+    )
+    (bin_dir / "ip").chmod(0o755)
+    out = run_script(root, str(bin_dir))
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "no route to ferry serve at 127.0.0.1" in out.stdout
+    assert left(root) == list(INSTALLED)
+    (slot,) = deploy_report.list_reports(pairing)
+    assert slot.state == "waiting"
